@@ -1,0 +1,5 @@
+import sys
+
+from mha2sha.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Equivalence verification of MHA and SHA models, and the verification report."""
