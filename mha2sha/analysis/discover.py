@@ -1,0 +1,594 @@
+"""Find attention blocks by structure and work out where the heads are in every tensor.
+
+An attention block is anchored on its core: a Softmax between MatMul(Q, K^T) and
+MatMul(P, V), or an opset-23 ``Attention`` op. From the scores, every batch axis becomes a
+candidate *root* (see layout.py); the walk then carries the layout of each tensor upward,
+op by op, along the query, key and value paths until it meets a projection (MatMul, Gemm
+or Conv with a constant weight whose output channels hold the head digits) or a tensor it
+cannot see through (a leaf, sliced at run time). The query projection tells which roots
+are heads. Walking down from the core output through layout ops finds the merge point,
+where the heads are folded back into channels before the output projection.
+
+Nothing here depends on tensor or node names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from mha2sha.analysis import rules
+from mha2sha.analysis.layout import Atom, Axis, HeadSpace, Layout, free, head_atoms, per_head_layout
+from mha2sha.analysis.rules import Unsupported
+from mha2sha.graph.ir_utils import attr, const_array, dims, describe, is_const
+
+ValueKey = tuple[ir.Value, Layout]
+
+
+@dataclass(eq=False)
+class Instance:
+    """One node of the block, with the layouts of its tensors on one walk path."""
+
+    node: ir.Node
+    inputs: list[Layout | None]
+    outputs: dict[int, Layout]
+    along: list[int] = field(default_factory=list)
+    path: str = ""
+    keep_rank: frozenset[int] = frozenset()  # inputs whose per-head piece keeps a size-1 head axis
+
+
+@dataclass(eq=False)
+class Projection:
+    """A projection whose output channels are sliced per head (weight sliced, input shared)."""
+
+    node: ir.Node
+    layout: Layout  # of output 0
+    channel: int  # output channel axis
+    weight_index: int
+    path: str
+
+
+@dataclass(eq=False)
+class Leaf:
+    value: ir.Value
+    layout: Layout
+    path: str
+    reason: str = ""  # why the walk stopped here (empty for constants and graph inputs)
+
+
+@dataclass
+class Block:
+    name: str
+    anchor: ir.Node
+    space: HeadSpace
+    instances: list[Instance]
+    projections: dict[ValueKey, Projection]
+    leaves: dict[ValueKey, Leaf]
+    produced: dict[ValueKey, tuple[Instance, int]]
+    merges: list[ValueKey]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int | None
+    features: dict[str, str]
+
+
+@dataclass
+class Skipped:
+    anchor: ir.Node
+    reason: str
+    at: ir.Node | None = None
+
+    def describe(self) -> str:
+        where = f" at {describe(self.at)}" if self.at is not None else ""
+        return f"{describe(self.anchor)}: {self.reason}{where}"
+
+
+class BlockError(Exception):
+    def __init__(self, reason: str, at: ir.Node | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.at = at
+
+
+_PROJECTION_OPS = ("MatMul", "Gemm", "Conv")
+_MAX_CORE_DEPTH = 12
+
+
+def _root_axis(size, root: int) -> Axis:
+    return Axis((Atom(size, root, 1, size if isinstance(size, int) else None),))
+
+
+def _has_roots(layout: Layout) -> bool:
+    return any(a.root is not None and a.extent != 1 for ax in layout for a in ax.atoms)
+
+
+def _broadcast_over_roots(layout: Layout) -> bool:
+    return any(a.root is not None and a.broadcast and a.size != 1 for ax in layout for a in ax.atoms)
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.produced: dict[ValueKey, tuple[Instance, int]] = {}
+        self.projections: dict[ValueKey, Projection] = {}
+        self.leaves: dict[ValueKey, Leaf] = {}
+        self.instances: list[Instance] = []
+        self.stops: list[tuple[str, ir.Node, str]] = []  # (path, node, reason)
+        self.path_override: dict[ir.Node, list[str]] = {}
+        self.keep_rank_inputs: dict[ir.Node, frozenset[int]] = {}
+
+    # -- registration ----------------------------------------------------------------
+    def add_instance(self, inst: Instance) -> None:
+        self.instances.append(inst)
+        for idx, layout in inst.outputs.items():
+            self.produced[(inst.node.outputs[idx], layout)] = (inst, idx)
+
+    def leaf(self, value: ir.Value, layout: Layout, path: str, reason: str = "") -> None:
+        key = (value, layout)
+        if key not in self.leaves and key not in self.produced and key not in self.projections:
+            self.leaves[key] = Leaf(value, layout, path, reason)
+
+    # -- the upward walk -------------------------------------------------------------
+    def up(self, value: ir.Value, layout: Layout, path: str) -> None:
+        work = [(value, layout, path)]
+        while work:
+            v, lay, p = work.pop()
+            key = (v, lay)
+            if key in self.produced or key in self.projections or key in self.leaves:
+                continue
+            node = v.producer()
+            if node is None or is_const(v):
+                self.leaf(v, lay, p)
+                continue
+            out_index = list(node.outputs).index(v)
+            proj = self._projection(node, out_index, lay, p)
+            if proj is not None:
+                self.projections[key] = proj
+                continue
+            try:
+                res = rules.backward(node, out_index, lay)
+            except Unsupported as exc:
+                self.leaf(v, lay, p, str(exc))
+                self.stops.append((p, node, str(exc)))
+                continue
+            outputs = {out_index: lay}
+            if res.outputs:
+                outputs.update(res.outputs)
+            inst = Instance(node, res.inputs, outputs, res.along, p)
+            self.add_instance(inst)
+            paths = self.path_override.get(node, [p] * len(node.inputs))
+            for i, (inp, in_layout) in enumerate(zip(node.inputs, res.inputs)):
+                if inp is None or in_layout is None:
+                    continue
+                shared = res.broadcast_is_leaf and _broadcast_over_roots(in_layout)
+                if is_const(inp) or inp.producer() is None or shared or not _has_roots(in_layout):
+                    self.leaf(inp, in_layout, paths[i])
+                else:
+                    work.append((inp, in_layout, paths[i]))
+
+    def _projection(self, node: ir.Node, out_index: int, layout: Layout, path: str) -> Projection | None:
+        if out_index != 0 or node.op_type not in _PROJECTION_OPS or node.domain not in ("", "ai.onnx"):
+            return None
+        axis = rules.channel_axis(node, len(layout))
+        if node.op_type == "MatMul":
+            a, b = node.inputs
+            bd = dims(b) or []
+            if is_const(b) and len(bd) == 2:
+                weight_index, axis = 1, len(layout) - 1
+            elif is_const(a) and len(dims(a) or []) == 2:
+                weight_index, axis = 0, len(layout) - 2
+            else:
+                return None
+        elif node.op_type == "Gemm":
+            if not is_const(node.inputs[1]) or attr(node, "transA", 0):
+                return None
+            weight_index = 1
+        else:  # Conv
+            if not is_const(node.inputs[1]) or attr(node, "group", 1) != 1:
+                return None
+            weight_index = 1
+        channel = layout[axis]
+        if not any(a.root is not None and not a.broadcast and a.extent != 1 for a in channel.atoms):
+            return None
+        return Projection(node, layout, axis, weight_index, path)
+
+
+def _bfs_core_matmul(start: ir.Value) -> ir.Node | None:
+    """The MatMul(Q, K^T) above the scores: through elementwise ops on non-constant inputs."""
+    frontier = [start]
+    seen: set[int] = set()
+    for _ in range(_MAX_CORE_DEPTH):
+        nxt = []
+        for v in frontier:
+            node = v.producer()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.op_type == "MatMul" and not is_const(node.inputs[0]) and not is_const(node.inputs[1]):
+                return node
+            if node.op_type in rules.ELEMENTWISE:
+                nxt.extend(i for i in node.inputs if i is not None and not is_const(i))
+        frontier = nxt
+    return None
+
+
+def _forward_to_pv(probs: ir.Value) -> tuple[ir.Node, list[ir.Node]] | None:
+    """The MatMul(P, V) below the softmax and the elementwise nodes between them."""
+    parents: dict[int, tuple[ir.Node, ir.Value]] = {}
+    frontier = [probs]
+    for _ in range(_MAX_CORE_DEPTH):
+        nxt = []
+        for v in frontier:
+            for use in v.uses():
+                node, index = use.node, use.idx
+                if node.op_type == "MatMul" and index == 0:
+                    chain: list[ir.Node] = []
+                    cur = v
+                    while cur is not probs:
+                        prod = cur.producer()
+                        chain.append(prod)
+                        cur = parents[id(prod)][1]
+                    return node, _between(probs, node.inputs[0])
+                if node.op_type in rules.ELEMENTWISE and id(node) not in parents:
+                    parents[id(node)] = (node, v)
+                    nxt.extend(node.outputs)
+        frontier = nxt
+    return None
+
+
+def _between(start: ir.Value, end: ir.Value) -> list[ir.Node]:
+    """Nodes on every path from ``start`` to ``end`` (both excluded), in topological order."""
+    above: dict[int, ir.Node] = {}
+    stack = [end]
+    seen: set[int] = set()
+    while stack:
+        v = stack.pop()
+        if v is start or id(v) in seen:
+            continue
+        seen.add(id(v))
+        node = v.producer()
+        if node is None:
+            continue
+        above[id(node)] = node
+        stack.extend(i for i in node.inputs if i is not None)
+    below: dict[int, ir.Node] = {}
+    stack = [start]
+    seen.clear()
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        for use in v.uses():
+            if id(use.node) in above:
+                below[id(use.node)] = use.node
+                stack.extend(use.node.outputs)
+    ordered: list[ir.Node] = []
+    placed: set[int] = set()
+    # Topological order by repeatedly placing nodes whose inputs from the set are placed.
+    pending = list(below.values())
+    while pending:
+        progress = False
+        for node in list(pending):
+            deps = [i.producer() for i in node.inputs if i is not None and i.producer() is not None]
+            if all(id(d) not in below or id(d) in placed for d in deps):
+                ordered.append(node)
+                placed.add(id(node))
+                pending.remove(node)
+                progress = True
+        if not progress:
+            break
+    return ordered
+
+
+def _head_space(walker: _Walker, anchor: ir.Node) -> HeadSpace:
+    digits: list[tuple[int, int, int]] | None = None
+    for proj in walker.projections.values():
+        if proj.path != "q":
+            continue
+        found = [
+            (a.root, a.div, a.mod)
+            for a in proj.layout[proj.channel].atoms
+            if a.root is not None and not a.broadcast and a.extent != 1
+        ]
+        if any(m is None for _, _, m in found):
+            raise BlockError("the head count is not static", proj.node)
+        if digits is None:
+            digits = found  # type: ignore[assignment]
+        elif digits != found:
+            raise BlockError("query projections disagree on the head layout", proj.node)
+    if digits is None:
+        stops = [(n, r) for p, n, r in walker.stops if p == "q"]
+        if stops:
+            node, reason = stops[0]
+            raise BlockError(f"the query path does not reach a projection: {reason}", node)
+        raise BlockError("the query path does not reach a projection", anchor)
+    return HeadSpace(tuple(digits))
+
+
+def _check(block_walker: _Walker, space: HeadSpace) -> None:
+    """Every atom must be clearly head or free, and ops must not work along head axes."""
+    for inst in block_walker.instances:
+        for layout in list(inst.outputs.values()) + [l for l in inst.inputs if l is not None]:
+            for ax in layout:
+                for a in space.refine_axis(ax).atoms:
+                    try:
+                        space.classify(a)
+                    except ValueError as exc:
+                        raise BlockError(str(exc), inst.node) from None
+        for idx, layout in inst.outputs.items():
+            for axis in inst.along:
+                if axis < len(layout) and head_atoms((layout[axis],), space):
+                    raise BlockError(f"{inst.node.op_type} works along the head axis", inst.node)
+    for leaf in block_walker.leaves.values():
+        for ax in leaf.layout:
+            for a in space.refine_axis(ax).atoms:
+                try:
+                    space.classify(a)
+                except ValueError as exc:
+                    raise BlockError(str(exc), leaf.value.producer()) from None
+
+
+def _merge_ready(layout: Layout, space: HeadSpace) -> bool:
+    """True when every head digit sits in one axis, outside its free (channel) digits."""
+    carrying = [i for i, ax in enumerate(layout) if head_atoms((ax,), space)]
+    if len(carrying) != 1:
+        return False
+    ax = space.refine_axis(layout[carrying[0]])
+    kinds = [space.classify(a) for a in ax.atoms if a.extent != 1]
+    if "free" not in kinds:
+        return False
+    first_free = kinds.index("free")
+    return all(k == "free" for k in kinds[first_free:])
+
+
+def _walk_down(walker: _Walker, start: ir.Value, layout: Layout, space: HeadSpace) -> ValueKey:
+    value = start
+    while not _merge_ready(layout, space):
+        uses = list(value.uses())
+        if len(uses) != 1 or value.is_graph_output():
+            break
+        node, index = uses[0].node, uses[0].idx
+        if index != 0 or node.op_type not in rules.FORWARD_OPS:
+            break
+        try:
+            nxt = rules.forward(node, layout)
+        except Unsupported:
+            break
+        inputs: list[Layout | None] = [layout] + [None] * (len(node.inputs) - 1)
+        walker.add_instance(Instance(node, inputs, {0: nxt}, path="out"))
+        value, layout = node.outputs[0], nxt
+    return (value, layout)
+
+
+def _features(walker: _Walker, space: HeadSpace) -> dict[str, str]:
+    ops = {inst.node.op_type for inst in walker.instances}
+    q_ops = {inst.node.op_type for inst in walker.instances if inst.path == "q"}
+    k_ops = [inst for inst in walker.instances if inst.path == "k"]
+    rope = "none"
+    if "RotaryEmbedding" in q_ops:
+        rope = "RotaryEmbedding op"
+    elif {"Neg", "Concat"} <= q_ops:
+        rope = "rotate-half"
+    elif {"Neg"} <= q_ops and "Slice" in q_ops:
+        rope = "half-split"
+    elif "Mul" in q_ops and ("Gather" in q_ops or "Slice" in q_ops):
+        rope = "rotary (other form)"
+    masks = [leaf for leaf in walker.leaves.values() if leaf.path == "scores"]
+    mask = "none"
+    for inst in walker.instances:
+        if inst.path != "scores":
+            continue
+        if inst.node.op_type == "Where":
+            mask = "boolean (Where)"
+        elif inst.node.op_type == "Add" and mask == "none":
+            operands = [leaf for leaf in masks if any(leaf.value is i for i in inst.node.inputs)]
+            if operands:
+                has_head = any(not a.broadcast for leaf in operands for a in head_atoms(leaf.layout, space))
+                const = all(is_const(leaf.value) for leaf in operands)
+                mask = ("per-head " if has_head else "") + ("constant" if const else "additive input")
+    past = "none"
+    for inst in k_ops:
+        if inst.node.op_type == "Concat" and any(
+            inp is not None and inp.is_graph_input() for inp in inst.node.inputs
+        ):
+            past = "concat"
+    if "Attention" in ops:
+        rope = rope if rope != "none" else "none"
+    q_projs = sum(1 for p in walker.projections.values() if p.path == "q")
+    return {
+        "rope": rope,
+        "mask": mask,
+        "past_kv": past,
+        "lora": "yes" if q_projs > 1 else "no",
+        "qk_norm": "yes" if any(i.node.op_type in ("ReduceMean", "RMSNormalization", "SimplifiedLayerNormalization", "LayerNormalization") for i in walker.instances if i.path in ("q", "k")) else "no",
+    }
+
+
+def _finish(name: str, anchor: ir.Node, walker: _Walker, space: HeadSpace, outputs: list[ValueKey]) -> Block:
+    _check(walker, space)
+    if space.num_heads < 2:
+        raise BlockError("the attention has a single head: nothing to split", anchor)
+    kv_keys = set()
+    head_dim = None
+    for proj in walker.projections.values():
+        heads = [a for a in head_atoms((proj.layout[proj.channel],), space) if not a.broadcast]
+        if proj.path == "k":
+            for h in range(space.num_heads):
+                kv_keys.add(tuple(space.index(a, h) for a in heads))
+        if proj.path == "q" and head_dim is None:
+            per_head, _ = per_head_layout(proj.layout, space)
+            size = per_head[proj.channel].size
+            head_dim = size if isinstance(size, int) else None
+    num_kv = len(kv_keys) if kv_keys else space.num_heads
+    # Keep only the nodes that carry heads; the others stay shared and feed the block.
+    kept = [inst for inst in walker.instances if any(head_atoms(l, space) for l in inst.outputs.values())]
+    kept_ids = {id(i) for i in kept}
+    produced = {k: v for k, v in walker.produced.items() if id(v[0]) in kept_ids}
+    leaves = dict(walker.leaves)
+    for key, (inst, _idx) in walker.produced.items():
+        if id(inst) not in kept_ids:
+            leaves[key] = Leaf(key[0], key[1], inst.path)
+    outs = []
+    for key in outputs:
+        outs.append(key)
+    return Block(
+        name=name,
+        anchor=anchor,
+        space=space,
+        instances=kept,
+        projections=dict(walker.projections),
+        leaves=leaves,
+        produced=produced,
+        merges=outs,
+        num_heads=space.num_heads,
+        num_kv_heads=num_kv,
+        head_dim=head_dim,
+        features=_features(walker, space),
+    )
+
+
+def analyze_softmax(name: str, softmax: ir.Node) -> Block:
+    scores, probs = softmax.inputs[0], softmax.outputs[0]
+    sd = dims(scores)
+    if sd is None:
+        raise BlockError("the rank of the attention scores is unknown", softmax)
+    if len(sd) < 3:
+        raise BlockError("scores have no batch or head axis", softmax)
+    qk = _bfs_core_matmul(scores)
+    if qk is None:
+        raise BlockError("no MatMul(Q, K^T) above the softmax", softmax)
+    found = _forward_to_pv(probs)
+    if found is None:
+        raise BlockError("the softmax output does not reach MatMul(P, V)", softmax)
+    pv, between = found
+    walker = _Walker()
+    layout: Layout = tuple(_root_axis(sd[i], i) for i in range(len(sd) - 2)) + (
+        Axis((free(sd[-2]),)),
+        Axis((free(sd[-1]),)),
+    )
+    walker.path_override[qk] = ["q", "k"]
+    # The core: softmax, the guards between it and MatMul(P, V), and MatMul(P, V) itself.
+    axis = attr(softmax, "axis", -1)
+    if axis not in (-1, len(sd) - 1):
+        raise BlockError("softmax is not over the key axis", softmax)
+    walker.add_instance(Instance(softmax, [layout], {0: layout}, along=[len(sd) - 1], path="scores"))
+    for node in between:
+        if dims(node.outputs[0]) != sd:
+            raise BlockError("an op between softmax and MatMul(P, V) changes the shape", node)
+        res = rules.backward(node, 0, layout)
+        walker.add_instance(Instance(node, res.inputs, {0: layout}, path="probs"))
+    o_dims = dims(pv.outputs[0])
+    if o_dims is None or len(o_dims) != len(sd):
+        raise BlockError("MatMul(P, V) output rank differs from the scores", pv)
+    o_layout: Layout = layout[:-2] + (layout[-2], Axis((free(o_dims[-1]),)))
+    res = rules.backward(pv, 0, o_layout)
+    walker.add_instance(Instance(pv, res.inputs, {0: o_layout}, path="core"))
+    for node in between:
+        inst = walker.produced[(node.outputs[0], layout)][0]
+        for inp, lay in zip(node.inputs, inst.inputs):
+            if inp is not None and lay is not None and (inp, lay) not in walker.produced and inp is not probs:
+                walker.leaf(inp, lay, "probs")
+    walker.up(pv.inputs[1], res.inputs[1], "v")
+    walker.up(scores, layout, "scores")
+    space = _head_space(walker, softmax)
+    merge = _walk_down(walker, pv.outputs[0], o_layout, space)
+    return _finish(name, softmax, walker, space, [merge])
+
+
+def analyze_attention_op(name: str, node: ir.Node) -> Block:
+    q, k, v = node.inputs[0], node.inputs[1], node.inputs[2]
+    qd, kd = dims(q), dims(k)
+    if qd is None or kd is None:
+        raise BlockError("the rank of the Attention inputs is unknown", node)
+    if len(node.outputs) > 3 and node.outputs[3] is not None and node.outputs[3].uses():
+        raise BlockError("the Attention op's qk_matmul_output is used", node)
+    if len(qd) == 4:
+        heads, kv_heads = qd[1], kd[1]
+    else:
+        heads, kv_heads = attr(node, "q_num_heads"), attr(node, "kv_num_heads")
+    if not isinstance(heads, int) or not isinstance(kv_heads, int) or heads % kv_heads:
+        raise BlockError("the Attention op's head counts are not static", node)
+    group = heads // kv_heads
+    batch = _root_axis(qd[0], 0)
+    h_atom = Atom(heads, 1, 1, heads)
+    kv_atom = Atom(kv_heads, 1, group, kv_heads)
+    vd = dims(v)
+    y_dims = dims(node.outputs[0])
+    walker = _Walker()
+
+    def four_d(atom: Atom, d: list, seq_axis: int) -> Layout:
+        return (batch, Axis((atom,)), Axis((free(d[seq_axis]),)), Axis((free(d[-1]),)))
+
+    if len(qd) == 4:
+        lq, lk, lv = four_d(h_atom, qd, 2), four_d(kv_atom, kd, 2), four_d(kv_atom, vd, 2)
+        ly = four_d(h_atom, y_dims, 2)
+    else:
+        d_q = qd[2] // heads if isinstance(qd[2], int) else None
+        d_k = kd[2] // kv_heads if isinstance(kd[2], int) else None
+        d_v = vd[2] // kv_heads if isinstance(vd[2], int) else None
+        if None in (d_q, d_k, d_v):
+            raise BlockError("the Attention op's hidden sizes are not static", node)
+        lq = (batch, Axis((free(qd[1]),)), Axis((h_atom, free(d_q))))
+        lk = (batch, Axis((free(kd[1]),)), Axis((kv_atom, free(d_k))))
+        lv = (batch, Axis((free(vd[1]),)), Axis((kv_atom, free(d_v))))
+        ly = (batch, Axis((free(y_dims[1]),)), Axis((h_atom, free(d_v))))
+    inputs: list[Layout | None] = [lq, lk, lv]
+    keep = set()
+    scores_like = (batch, Axis((h_atom,)), Axis((free(None),)), Axis((free(None),)))
+    for idx in range(3, len(node.inputs)):
+        inp = node.inputs[idx]
+        if inp is None:
+            inputs.append(None)
+            continue
+        if idx == 3:  # attn_mask, broadcast to [B, H, S, T]
+            inputs.append(rules.align_operand(scores_like, [None] * 4, inp))
+            keep.add(idx)
+        elif idx in (4, 5):  # past key / value [B, KV, P, D]
+            pd = dims(inp)
+            inputs.append((batch, Axis((kv_atom,)), Axis((free(pd[2]),)), Axis((free(pd[3]),))))
+            keep.add(idx)
+        else:
+            inputs.append(None)
+    outputs: dict[int, Layout] = {0: ly}
+    for idx in (1, 2):
+        if len(node.outputs) > idx and node.outputs[idx] is not None:
+            od = dims(node.outputs[idx])
+            outputs[idx] = (batch, Axis((kv_atom,)), Axis((free(od[2]),)), Axis((free(od[3]),)))
+    inst = Instance(node, inputs, outputs, path="core", keep_rank=frozenset(keep))
+    walker.add_instance(inst)
+    for idx, (inp, lay) in enumerate(zip(node.inputs, inputs)):
+        if inp is None or lay is None:
+            continue
+        path = {0: "q", 1: "k", 2: "v"}.get(idx, "scores")
+        if idx < 3 and not is_const(inp) and inp.producer() is not None:
+            walker.up(inp, lay, path)
+        else:
+            walker.leaf(inp, lay, path)
+    space = HeadSpace(((1, 1, heads),))
+    merge = _walk_down(walker, node.outputs[0], ly, space)
+    merges = [merge]
+    return _finish(name, node, walker, space, merges)
+
+
+def find_anchors(graph: ir.Graph) -> list[ir.Node]:
+    """Softmax and Attention nodes, in the graph's (topological) order."""
+    return [
+        n
+        for n in graph
+        if (n.op_type == "Softmax" and n.domain in ("", "ai.onnx"))
+        or (n.op_type == "Attention" and n.domain in ("", "ai.onnx"))
+    ]
+
+
+def analyze(name: str, anchor: ir.Node) -> Block:
+    if anchor.op_type == "Attention":
+        return analyze_attention_op(name, anchor)
+    return analyze_softmax(name, anchor)
+
+
+def unused(_: object) -> None:  # pragma: no cover - keeps linters quiet about re-exports
+    del _
+
+
+__all__ = ["Block", "Skipped", "BlockError", "analyze", "find_anchors", "Instance", "Projection", "Leaf", "const_array"]

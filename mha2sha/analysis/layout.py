@@ -1,0 +1,273 @@
+"""Axis layouts: where the attention heads live in every tensor of an attention block.
+
+Legend used throughout the analysis:
+    B  batch            S  query sequence      T  key/value sequence (past + new)
+    H  query heads      KV key/value heads     D  head dim            E  hidden = H * D
+
+Every axis of a tensor in an attention block is a row-major product of *atoms*. An atom is
+either free (batch, sequence, head dim: kept in every per-head tensor) or derived from a
+*root*: one of the batch axes of the attention scores at the core. Roots are candidates;
+the analysis learns which roots (or which digits of a root, when heads are folded into the
+batch) are heads by following the query path up to its projection, where the head digits
+sit next to the head dim inside the output-channel axis.
+
+An atom derived from root r stands for the digit ``(index_r // div) % mod`` of that root's
+index, so splitting an axis ([B*H] -> [B, H]) or a GQA repeat ([H] -> [KV, n]) is integer
+arithmetic on (div, mod), never a name lookup. ``broadcast=True`` marks a size-1 stand-in for
+an atom (a mask's head axis of size 1, the Expand input of a GQA repeat): its index is 0.
+
+An axis may also be a *window* of a larger dimension (the Q part of a fused QKV projection):
+``offset`` is where the window starts and ``dim`` the full size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+Size = int | str | None
+"""A dimension: a static int, a symbolic name, or None when unknown."""
+
+
+@dataclass(frozen=True)
+class Atom:
+    size: Size
+    root: int | None = None
+    div: int = 1
+    mod: int | None = None  # None: unbounded (outermost digit of a root of symbolic size)
+    broadcast: bool = False
+
+    @property
+    def extent(self) -> Size:
+        """The atom's contribution to its axis size (1 for a broadcast stand-in)."""
+        return 1 if self.broadcast else self.size
+
+    def as_broadcast(self) -> Atom:
+        return replace(self, broadcast=True)
+
+    def split(self, inner: int, outer_size: Size) -> tuple[Atom, Atom]:
+        """Split into (outer, inner) digits, inner of static size ``inner``."""
+        if self.root is None:
+            return Atom(outer_size), Atom(inner)
+        outer_mod = None if self.mod is None else self.mod // inner
+        outer = Atom(outer_size, self.root, self.div * inner, outer_mod, self.broadcast)
+        return outer, Atom(inner, self.root, self.div, inner, self.broadcast)
+
+
+def free(size: Size) -> Atom:
+    return Atom(size)
+
+
+@dataclass(frozen=True)
+class Axis:
+    atoms: tuple[Atom, ...]
+    offset: int = 0
+    dim: Size = None  # full size of the dimension when the axis is a window of it
+
+    @property
+    def size(self) -> Size:
+        return product(a.extent for a in self.atoms)
+
+    @property
+    def full_size(self) -> Size:
+        return self.size if self.dim is None else self.dim
+
+    @property
+    def is_window(self) -> bool:
+        return self.dim is not None
+
+
+Layout = tuple[Axis, ...]
+
+
+def axis_of(*atoms: Atom) -> Axis:
+    return Axis(tuple(atoms))
+
+
+def product(sizes) -> Size:
+    """Product of sizes; symbolic factors give a symbolic name, unknown gives None."""
+    static = 1
+    symbols: list[str] = []
+    for s in sizes:
+        if s is None:
+            return None
+        if isinstance(s, str):
+            symbols.append(s)
+        else:
+            static *= int(s)
+    if not symbols:
+        return static
+    if static == 0:
+        return 0
+    parts = ([str(static)] if static != 1 else []) + sorted(symbols)
+    return "*".join(parts)
+
+
+def sizes_equal(a: Size, b: Size) -> bool:
+    return a is not None and b is not None and a == b
+
+
+@dataclass
+class HeadSpace:
+    """The head digits of one block, learned from its query projection.
+
+    ``digits`` lists (root, div, mod) in head-major order: query head h is the mixed-radix
+    number whose digits are these atoms' indices.
+    """
+
+    digits: tuple[tuple[int, int, int], ...]
+    by_root: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+    _refined: dict[Atom, tuple[Atom, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for root, div, mod in self.digits:
+            self.by_root.setdefault(root, []).append((root, div, mod))
+
+    @property
+    def num_heads(self) -> int:
+        return math.prod(mod for _, _, mod in self.digits)
+
+    def root_indices(self, head: int) -> dict[int, int]:
+        """Head ``head``'s contribution to each root's index."""
+        values: dict[int, int] = {}
+        remaining = head
+        for root, div, mod in reversed(self.digits):
+            digit = remaining % mod
+            remaining //= mod
+            values[root] = values.get(root, 0) + digit * div
+        return values
+
+    def _head_intervals(self, root: int) -> list[tuple[int, int]]:
+        """Place-value intervals [div, div*mod) of the root's head digits, adjacent ones merged."""
+        spans = sorted((div, div * mod) for _, div, mod in self.by_root.get(root, []))
+        merged: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if merged and merged[-1][1] == lo:
+                merged[-1] = (merged[-1][0], hi)
+            else:
+                merged.append((lo, hi))
+        return merged
+
+    def classify(self, atom: Atom) -> str:
+        """'head' when the atom is fixed by the head index, 'free' when independent of it.
+
+        Raises ValueError for an atom that mixes head and non-head digits (for example a
+        folded [B*H] axis that must be sliced with batch > 1 in the middle of it).
+        """
+        if atom.root is None or atom.root not in self.by_root:
+            return "free"
+        lo = atom.div
+        hi = None if atom.mod is None else atom.div * atom.mod
+        for h_lo, h_hi in self._head_intervals(atom.root):
+            if hi is not None and h_lo <= lo and hi <= h_hi:
+                return "head"
+            overlaps = h_hi > lo and (hi is None or h_lo < hi)
+            if overlaps:
+                raise ValueError(f"axis digit {atom} mixes head and non-head positions")
+        return "free"
+
+    def refine(self, atom: Atom) -> tuple[Atom, ...]:
+        """Cut an atom at the head-digit boundaries: a folded [B*H] digit becomes [B][H],
+        so that each part is either wholly head or wholly free."""
+        cached = self._refined.get(atom)
+        if cached is not None:
+            return cached
+        parts: tuple[Atom, ...] = (atom,)
+        if atom.root is not None and atom.root in self.by_root:
+            lo = atom.div
+            hi = None if atom.mod is None else atom.div * atom.mod
+            cuts = sorted(
+                {b for iv in self._head_intervals(atom.root) for b in iv if lo < b and (hi is None or b < hi)}
+            )
+            if cuts:
+                bounds: list[int | None] = [lo, *cuts, hi]
+                pieces = []
+                for a, b in zip(bounds[:-1], bounds[1:]):
+                    mod = None if b is None else b // a
+                    if mod is not None:
+                        size: Size = mod
+                    elif isinstance(atom.size, int):
+                        size = atom.size // (a // lo)
+                    else:
+                        size = None
+                    pieces.append(Atom(size, atom.root, a, mod, atom.broadcast))
+                parts = tuple(reversed(pieces))
+        self._refined[atom] = parts
+        return parts
+
+    def refine_axis(self, ax: Axis) -> Axis:
+        atoms = tuple(p for a in ax.atoms for p in self.refine(a))
+        return ax if atoms == ax.atoms else Axis(atoms, ax.offset, ax.dim)
+
+    def index(self, atom: Atom, head: int) -> int:
+        """The index of a head atom for query head ``head`` (0 for a broadcast stand-in)."""
+        if atom.broadcast:
+            return 0
+        root_value = self.root_indices(head).get(atom.root, 0)
+        value = root_value // atom.div
+        return value if atom.mod is None else value % atom.mod
+
+
+def head_atoms(layout: Layout, space: HeadSpace) -> list[Atom]:
+    return [a for ax in layout for a in space.refine_axis(ax).atoms if space.classify(a) == "head"]
+
+
+def key_of(layout: Layout, space: HeadSpace, head: int) -> tuple[int, ...]:
+    """Which per-head copy of a tensor query head ``head`` reads: heads with the same key
+    share one copy (a K/V tensor is shared by the query heads of its kv group)."""
+    return tuple(space.index(a, head) for a in head_atoms(layout, space) if not a.broadcast)
+
+
+def per_head_layout(layout: Layout, space: HeadSpace) -> tuple[Layout, list[int]]:
+    """The layout of one head's piece, and the original axes that disappear in it.
+
+    An axis made only of head atoms disappears (one head selects one index); an axis that
+    also has free atoms (the channel axis [H, D]) keeps the free part.
+    """
+    new_axes: list[Axis] = []
+    removed: list[int] = []
+    for i, ax in enumerate(layout):
+        ax = space.refine_axis(ax)
+        kinds = [space.classify(a) for a in ax.atoms]
+        if ax.atoms and all(k == "head" for k in kinds):
+            removed.append(i)
+            continue
+        kept = tuple(a for a, k in zip(ax.atoms, kinds) if k == "free")
+        if len(kept) != len(ax.atoms):
+            new_axes.append(Axis(kept))
+        else:
+            new_axes.append(Axis(kept) if ax.is_window else ax)
+    return tuple(new_axes), removed
+
+
+def axis_indices(ax: Axis, space: HeadSpace, head: int) -> list[int] | None:
+    """Indices (within the full dimension) that head ``head`` selects on one axis, in
+    row-major order of the axis' free atoms; None when the axis has no head atoms.
+
+    Free atoms must have static sizes; the result may be non-contiguous (any order of
+    head and free atoms is allowed).
+    """
+    ax = space.refine_axis(ax)
+    kinds = [space.classify(a) for a in ax.atoms]
+    if not any(k == "head" for k in kinds):
+        return None
+    strides: list[int] = []
+    stride = 1
+    for a in reversed(ax.atoms):
+        strides.append(stride)
+        ext = a.extent
+        if not isinstance(ext, int):
+            raise ValueError("a head-carrying axis needs static sizes")
+        stride *= ext
+    strides.reverse()
+    base = ax.offset
+    free_ranges: list[tuple[int, int]] = []  # (size, stride)
+    for a, k, st in zip(ax.atoms, kinds, strides):
+        if k == "head":
+            base += space.index(a, head) * st
+        else:
+            free_ranges.append((int(a.extent), st))
+    indices = [base]
+    for size, st in free_ranges:
+        indices = [i + j * st for i in indices for j in range(size)]
+    return indices

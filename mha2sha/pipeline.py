@@ -1,0 +1,129 @@
+"""The graph rewrite: find every attention block and split it into single-head attention.
+
+This stage works on an in-memory ``onnx_ir.Model`` whose weights may still be on disk; it
+only reads the weights it slices. Loading, saving, encodings and verification are the
+stages around it (see mha2sha.api).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from mha2sha.analysis.discover import Block, BlockError, analyze, find_anchors
+from mha2sha.graph.ir_utils import describe
+from mha2sha.passes.cleanup import cleanup, infer_shapes
+from mha2sha.passes.fold import fold_static_shapes
+from mha2sha.split.apply import split_block
+from mha2sha.split.emit import SplitError, SplitRecord
+
+log = logging.getLogger("mha2sha")
+
+
+@dataclass
+class BlockReport:
+    """One attention core found in the model, converted or not, and why."""
+
+    name: str
+    anchor: str  # op type and node name of the Softmax / Attention node
+    converted: bool
+    heads: int | None = None
+    kv_heads: int | None = None
+    head_dim: int | None = None
+    features: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+    stopped_at: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "anchor": self.anchor,
+            "converted": self.converted,
+            "heads": self.heads,
+            "kv_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            **self.features,
+            "reason": self.reason,
+            "stopped_at": self.stopped_at,
+        }
+
+
+@dataclass
+class SplitResult:
+    model: ir.Model
+    blocks: list[BlockReport]
+    records: list[SplitRecord]
+    analysed: list[Block] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[BlockReport]:
+        return [b for b in self.blocks if b.converted]
+
+    @property
+    def skipped(self) -> list[BlockReport]:
+        return [b for b in self.blocks if not b.converted]
+
+
+def _all_names(graph: ir.Graph) -> set[str]:
+    names: set[str] = set()
+    for v in list(graph.inputs) + list(graph.initializers.values()):
+        if v.name:
+            names.add(v.name)
+    for node in graph:
+        if node.name:
+            names.add(node.name)
+        for out in node.outputs:
+            if out.name:
+                names.add(out.name)
+    return names
+
+
+def prepare(model: ir.Model) -> None:
+    """Sort, fold static shape arithmetic, and infer shapes: what the analysis reads."""
+    model.graph.sort()
+    infer_shapes(model)
+    if fold_static_shapes(model.graph):
+        model.graph.sort()
+        infer_shapes(model)
+
+
+def split_model(model: ir.Model, *, analyse_only: bool = False, progress=None) -> SplitResult:
+    """Find and split every attention block of ``model`` in place."""
+    prepare(model)
+    graph = model.graph
+    names = _all_names(graph)
+    anchors = find_anchors(graph)
+    reports: list[BlockReport] = []
+    records: list[SplitRecord] = []
+    blocks: list[Block] = []
+    for i, anchor in enumerate(anchors):
+        name = f"attn{i}"
+        report = BlockReport(name, describe(anchor), converted=False)
+        reports.append(report)
+        try:
+            block = analyze(name, anchor)
+        except BlockError as exc:
+            report.reason = exc.reason
+            report.stopped_at = describe(exc.at) if exc.at is not None else ""
+            log.info("%s not converted: %s%s", name, exc.reason, f" at {report.stopped_at}" if report.stopped_at else "")
+            continue
+        report.heads, report.kv_heads, report.head_dim = block.num_heads, block.num_kv_heads, block.head_dim
+        report.features = dict(block.features)
+        blocks.append(block)
+        if analyse_only:
+            report.converted = True
+            continue
+        try:
+            records.append(split_block(graph, block, names))
+            report.converted = True
+        except SplitError as exc:
+            report.reason = exc.reason
+            report.stopped_at = describe(exc.at) if exc.at is not None else ""
+            log.info("%s not converted: %s", name, exc.reason)
+        if progress is not None:
+            progress(i + 1, len(anchors))
+    if not analyse_only:
+        cleanup(model)
+    return SplitResult(model, reports, records, blocks)

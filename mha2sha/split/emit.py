@@ -1,0 +1,560 @@
+"""Rewrite one analysed attention block into per-head computation.
+
+For every query head h the block's nodes are cloned with the head's piece of each tensor:
+axes that only index heads disappear, channel axes keep the head's channels, constants
+that carry heads are sliced, projections get the head's slice of their weight. Tensors
+whose key (the head digits they depend on) is the same for several heads are built once:
+a K/V projection is shared by the query heads of its kv group. Where the original graph
+reads a block tensor outside the block (the output projection, a present-KV output), the
+heads are concatenated back into the original tensor, which keeps its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from mha2sha.analysis.discover import Block, Instance, Leaf, Projection
+from mha2sha.analysis.layout import Axis, Layout, axis_indices, head_atoms, key_of, per_head_layout
+from mha2sha.graph.ir_utils import attr, const_array, const_tensor, dims, node_opset, norm_axis
+
+
+class SplitError(Exception):
+    def __init__(self, reason: str, at: ir.Node | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.at = at
+
+
+@dataclass
+class ParamSlice:
+    """A weight (or constant) sliced for one head: which source entries along which axis."""
+
+    source: str
+    target: str
+    axis: int
+    indices: tuple[int, ...]
+    source_shape: tuple[int, ...]
+
+
+@dataclass
+class SplitRecord:
+    """What the split did to tensor names, for encodings and verification."""
+
+    block: str
+    activations: dict[str, list[str]] = field(default_factory=dict)  # MHA tensor -> SHA tensors
+    params: list[ParamSlice] = field(default_factory=list)
+    reconstructed: dict[str, str] = field(default_factory=dict)  # MHA tensor -> Concat of heads
+
+    def add_activation(self, original: str, piece: str) -> None:
+        pieces = self.activations.setdefault(original, [])
+        if piece not in pieces and piece != original:
+            pieces.append(piece)
+
+
+def _shape_of(layout: Layout) -> ir.Shape:
+    out = []
+    for ax in layout:
+        s = ax.size
+        out.append(s if isinstance(s, int) else (ir.SymbolicDim(s) if isinstance(s, str) else ir.SymbolicDim(None)))
+    return ir.Shape(out)
+
+
+def _remap(axis: int, rank: int, removed: list[int]) -> int:
+    axis = norm_axis(axis, rank)
+    if axis in removed:
+        raise SplitError("an op works along a head axis")
+    return axis - sum(1 for r in removed if r < axis)
+
+
+def _same_sizes(a: Layout, b: Layout) -> bool:
+    return len(a) == len(b) and all(x.atoms == y.atoms for x, y in zip(a, b))
+
+
+class BlockSplitter:
+    def __init__(self, graph: ir.Graph, block: Block, names: set[str]):
+        self.graph = graph
+        self.block = block
+        self.space = block.space
+        self.names = names
+        self.pieces: dict[tuple[int, Layout, tuple[int, ...]], ir.Value] = {}
+        self.emitted: dict[tuple, ir.Node] = {}
+        self.weights: dict[int, np.ndarray] = {}
+        self.record = SplitRecord(block.name)
+        self.nodes: list[ir.Node] = []
+        distinct: dict[tuple[int, Layout], set] = {}
+        self._distinct = distinct
+
+    # -- naming ----------------------------------------------------------------------
+    def _unique(self, name: str) -> str:
+        base, k = name, 1
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    def _tag(self, layout: Layout, head: int) -> str:
+        key = key_of(layout, self.space, head)
+        if not key:
+            return "shared"
+        count = len({key_of(layout, self.space, h) for h in range(self.space.num_heads)})
+        if count == self.space.num_heads:
+            return f"h{head}"
+        return "kv" + "_".join(str(k) for k in key)
+
+    def _name(self, tag: str, original: str | None, fallback: str) -> str:
+        return self._unique(f"{self.block.name}.{tag}.{original or fallback}")
+
+    # -- graph building --------------------------------------------------------------
+    def _node(self, op: str, inputs, attrs: dict | None, name: str, outputs: list[ir.Value], domain: str = "", version=None) -> ir.Node:
+        node = ir.node(op, list(inputs), attrs or {}, domain=domain, outputs=outputs, name=self._unique(name), version=version)
+        self.graph.append(node)
+        self.nodes.append(node)
+        return node
+
+    def _value(self, name: str, like: ir.Value | None, layout: Layout | None = None, dtype=None) -> ir.Value:
+        v = ir.Value(name=name)
+        v.dtype = dtype if dtype is not None else (like.dtype if like is not None else None)
+        if layout is not None:
+            v.shape = _shape_of(layout)
+        return v
+
+    def _const(self, name: str, array: np.ndarray) -> ir.Value:
+        name = self._unique(name)
+        v = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        v.shape = ir.Shape(list(array.shape))
+        v.dtype = v.const_value.dtype
+        self.graph.register_initializer(v)
+        return v
+
+    def _ints(self, tag: str, what: str, values: list[int]) -> ir.Value:
+        return self._const(f"{self.block.name}.{tag}.{what}", np.array(values, dtype=np.int64))
+
+    # -- pieces ----------------------------------------------------------------------
+    def piece(self, value: ir.Value, layout: Layout, head: int, keep_rank: bool = False) -> ir.Value:
+        key = (id(value), layout, key_of(layout, self.space, head) + ((-1,) if keep_rank else ()))
+        found = self.pieces.get(key)
+        if found is not None:
+            return found
+        vk = (value, layout)
+        if vk in self.block.produced:
+            inst, _ = self.block.produced[vk]
+            self._emit_instance(inst, head)
+        elif vk in self.block.projections:
+            self._emit_projection(self.block.projections[vk], head)
+        elif vk in self.block.leaves:
+            self._emit_leaf(self.block.leaves[vk], head, keep_rank)
+        else:
+            raise SplitError(f"tensor {value.name!r} has no layout in the block", value.producer())
+        return self.pieces[key]
+
+    def _set_piece(self, value: ir.Value, layout: Layout, head: int, piece: ir.Value, keep_rank=False) -> None:
+        key = (id(value), layout, key_of(layout, self.space, head) + ((-1,) if keep_rank else ()))
+        self.pieces[key] = piece
+        if value.name and piece.name:
+            self.record.add_activation(value.name, piece.name)
+
+    # -- leaves ----------------------------------------------------------------------
+    def _selection(self, layout: Layout, head: int, keep_rank: bool):
+        """Per axis: indices to take (None = all) and whether the axis disappears."""
+        sel: list[tuple[list[int] | None, bool]] = []
+        for ax in layout:
+            ax = self.space.refine_axis(ax)
+            heads = head_atoms((ax,), self.space)
+            if not heads:
+                sel.append((None, False))
+                continue
+            free = [a for a in ax.atoms if a not in heads]
+            if all(a.broadcast for a in heads) and not free:
+                sel.append((None, not keep_rank))
+                continue
+            idx = axis_indices(ax, self.space, head)
+            removed = not free and not keep_rank
+            sel.append((idx, removed))
+        return sel
+
+    def _emit_leaf(self, leaf: Leaf, head: int, keep_rank: bool) -> None:
+        value, layout = leaf.value, leaf.layout
+        sel = self._selection(layout, head, keep_rank)
+        tag = self._tag(layout, head)
+        if all(idx is None and not rm for idx, rm in sel):
+            self._set_piece(value, layout, head, value, keep_rank)
+            return
+        arr = const_array(value)
+        if arr is not None:
+            for axis in range(len(sel) - 1, -1, -1):
+                idx, removed = sel[axis]
+                if idx is not None:
+                    arr = np.take(arr, idx, axis=axis)
+                if removed:
+                    arr = np.squeeze(arr, axis=axis)
+            piece = self._const(f"{self.block.name}.{tag}.{value.name}", np.ascontiguousarray(arr))
+            self._record_const(value, piece, layout, sel)
+            self._set_piece(value, layout, head, piece, keep_rank)
+            return
+        # A run-time tensor: take the head's indices, then squeeze the axes that disappear.
+        current = value
+        removed_axes = [i for i, (_, rm) in enumerate(sel) if rm]
+        only_squeeze = all(idx is None for idx, _ in sel)
+        producer = value.producer()
+        if only_squeeze and producer is not None and producer.op_type == "Unsqueeze":
+            added = _unsqueeze_axes(producer)
+            if added == removed_axes:
+                self._set_piece(value, layout, head, producer.inputs[0], keep_rank)
+                return
+        for axis, (idx, _) in enumerate(sel):
+            if idx is None:
+                continue
+            out = self._value(self._name(tag, value.name, "leaf") + f".sel{axis}", value)
+            if idx == list(range(idx[0], idx[0] + len(idx))):
+                self._node("Slice", [current, self._ints(tag, "starts", [idx[0]]), self._ints(tag, "ends", [idx[-1] + 1]), self._ints(tag, "axes", [axis])], None, f"{self.block.name}.{tag}.Slice", [out])
+            else:
+                self._node("Gather", [current, self._ints(tag, "indices", idx)], {"axis": axis}, f"{self.block.name}.{tag}.Gather", [out])
+            current = out
+        if removed_axes:
+            out = self._value(self._name(tag, value.name, "leaf"), value)
+            self._node("Squeeze", [current, self._ints(tag, "axes", removed_axes)], None, f"{self.block.name}.{tag}.Squeeze", [out])
+            current = out
+        self._set_piece(value, layout, head, current, keep_rank)
+
+    def _record_const(self, value: ir.Value, piece: ir.Value, layout: Layout, sel) -> None:
+        shape = tuple(int(d) for d in const_tensor(value).shape)
+        for axis, (idx, _) in enumerate(sel):
+            if idx is not None:
+                self.record.params.append(ParamSlice(value.name, piece.name, axis, tuple(idx), shape))
+                return
+        self.record.params.append(ParamSlice(value.name, piece.name, -1, (), shape))
+
+    # -- projections -----------------------------------------------------------------
+    def _weight(self, value: ir.Value) -> np.ndarray:
+        arr = self.weights.get(id(value))
+        if arr is None:
+            arr = const_tensor(value).numpy()
+            self.weights[id(value)] = arr
+        return arr
+
+    def _emit_projection(self, proj: Projection, head: int) -> None:
+        node, layout = proj.node, proj.layout
+        idx = axis_indices(layout[proj.channel], self.space, head)
+        tag = self._tag(layout, head)
+        out_layout, _ = per_head_layout(layout, self.space)
+        inputs = list(node.inputs)
+        w_value = inputs[proj.weight_index]
+        w = self._weight(w_value)
+        op = node.op_type
+        if op == "MatMul":
+            w_axis = 1 if proj.weight_index == 1 else 0
+        elif op == "Gemm":
+            w_axis = 0 if attr(node, "transB", 0) else 1
+        else:
+            w_axis = 0
+        w_piece = np.ascontiguousarray(np.take(w, idx, axis=w_axis))
+        new_w = self._const(f"{self.block.name}.{tag}.{w_value.name}", w_piece)
+        self.record.params.append(ParamSlice(w_value.name, new_w.name, w_axis, tuple(idx), tuple(w.shape)))
+        inputs[proj.weight_index] = new_w
+        if op in ("Gemm", "Conv") and len(inputs) > 2 and inputs[2] is not None:
+            bias = inputs[2]
+            b = const_array(bias)
+            if b is None:
+                raise SplitError("projection bias computed at run time", node)
+            if b.ndim >= 1 and b.shape[-1] > 1:
+                b_axis = b.ndim - 1 if op == "Gemm" else 0
+                new_b = self._const(f"{self.block.name}.{tag}.{bias.name}", np.ascontiguousarray(np.take(b, idx, axis=b_axis)))
+                self.record.params.append(ParamSlice(bias.name, new_b.name, b_axis, tuple(idx), tuple(b.shape)))
+                inputs[2] = new_b
+        out = self._value(self._name(tag, node.outputs[0].name, "proj"), node.outputs[0], out_layout)
+        attrs = {k: a for k, a in node.attributes.items()}
+        self._node(op, inputs, attrs, f"{self.block.name}.{tag}.{node.name or op}", [out], domain=node.domain)
+        self._set_piece(node.outputs[0], layout, head, out)
+
+    # -- cloned nodes ----------------------------------------------------------------
+    def _emit_instance(self, inst: Instance, head: int) -> None:
+        node = inst.node
+        out_index, out_layout = next(iter(inst.outputs.items()))
+        tag = self._tag(out_layout, head)
+        ins: list[ir.Value | None] = []
+        for i, (v, lay) in enumerate(zip(node.inputs, inst.inputs)):
+            if v is None or lay is None:
+                ins.append(v)
+            else:
+                ins.append(self.piece(v, lay, head, keep_rank=i in inst.keep_rank))
+        handler = getattr(self, f"_op_{node.op_type}", None)
+        if handler is None:
+            results = self._op_same(inst, ins, head, tag)
+        else:
+            results = handler(inst, ins, head, tag)
+        for idx, piece in results.items():
+            self._set_piece(node.outputs[idx], inst.outputs[idx], head, piece)
+
+    def _outputs_for(self, inst: Instance, head: int, tag: str) -> list[ir.Value]:
+        outs = []
+        for idx, original in enumerate(inst.node.outputs):
+            layout = inst.outputs.get(idx)
+            per, _ = per_head_layout(layout, self.space) if layout is not None else (None, None)
+            outs.append(self._value(self._name(tag, original.name, f"{inst.node.op_type}_out"), original, per))
+        return outs
+
+    def _clone(self, inst: Instance, ins, head: int, tag: str, attrs: dict | None = None, extra_inputs=None) -> dict[int, ir.Value]:
+        node = inst.node
+        attributes = {k: a for k, a in node.attributes.items()}
+        if attrs:
+            for k, v in attrs.items():
+                if v is None:
+                    attributes.pop(k, None)
+                else:
+                    attributes[k] = v
+        outs = self._outputs_for(inst, head, tag)
+        inputs = list(ins) if extra_inputs is None else extra_inputs
+        self._node(node.op_type, inputs, attributes, f"{self.block.name}.{tag}.{node.name or node.op_type}", outs, domain=node.domain, version=node.version)
+        return {idx: outs[idx] for idx in inst.outputs}
+
+    def _op_same(self, inst, ins, head, tag):
+        return self._clone(inst, ins, head, tag)
+
+    def _in_removed(self, inst: Instance, i: int = 0) -> tuple[int, list[int]]:
+        layout = inst.inputs[i]
+        _, removed = per_head_layout(layout, self.space)
+        return len(layout), removed
+
+    def _op_Softmax(self, inst, ins, head, tag):
+        rank, removed = self._in_removed(inst)
+        default = -1 if node_opset(inst.node) >= 13 else 1
+        return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", default), rank, removed)})
+
+    _op_LogSoftmax = _op_Softmax
+
+    def _op_Transpose(self, inst, ins, head, tag):
+        rank, removed_in = self._in_removed(inst)
+        perm = attr(inst.node, "perm") or list(reversed(range(rank)))
+        new_perm = [_remap(p, rank, removed_in) for p in perm if p not in removed_in]
+        if new_perm == list(range(len(new_perm))):
+            return {0: ins[0]}
+        return self._clone(inst, ins, head, tag, {"perm": new_perm})
+
+    def _reshape_to(self, inst, ins, head, tag) -> dict[int, ir.Value]:
+        in_per, _ = per_head_layout(inst.inputs[0], self.space)
+        out_per, _ = per_head_layout(inst.outputs[0], self.space)
+        if _same_sizes(in_per, out_per):
+            return {0: ins[0]}
+        target: list[int] = []
+        unknown = 0
+        for i, ax in enumerate(out_per):
+            size = ax.size
+            if isinstance(size, int):
+                target.append(size)
+            elif i < len(in_per) and in_per[i].atoms == ax.atoms:
+                target.append(0)
+            else:
+                unknown += 1
+                target.append(-1)
+        if unknown > 1:
+            raise SplitError("a per-head Reshape needs two run-time sizes", inst.node)
+        outs = self._outputs_for(inst, head, tag)
+        self._node("Reshape", [ins[0], self._ints(tag, "shape", target)], None, f"{self.block.name}.{tag}.{inst.node.name or 'Reshape'}", [outs[0]])
+        return {0: outs[0]}
+
+    _op_Reshape = _reshape_to
+    _op_Flatten = _reshape_to
+    _op_Squeeze = _reshape_to
+    _op_Unsqueeze = _reshape_to
+
+    def _op_Expand(self, inst, ins, head, tag):
+        in_per, _ = per_head_layout(inst.inputs[0], self.space)
+        out_per, _ = per_head_layout(inst.outputs[0], self.space)
+        if _same_sizes(in_per, out_per):
+            return {0: ins[0]}
+        shift = len(out_per) - len(in_per)
+        shape = []
+        for i, ax in enumerate(out_per):
+            j = i - shift
+            if j >= 0 and in_per[j].atoms == ax.atoms:
+                shape.append(1)
+            elif isinstance(ax.size, int):
+                shape.append(ax.size)
+            else:
+                raise SplitError("a per-head Expand to a run-time size", inst.node)
+        return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], self._ints(tag, "shape", shape)])
+
+    def _op_Tile(self, inst, ins, head, tag):
+        in_per, _ = per_head_layout(inst.inputs[0], self.space)
+        out_per, _ = per_head_layout(inst.outputs[0], self.space)
+        if _same_sizes(in_per, out_per):
+            return {0: ins[0]}
+        reps = []
+        for a, b in zip(in_per, out_per):
+            if a.atoms == b.atoms:
+                reps.append(1)
+            elif isinstance(a.size, int) and isinstance(b.size, int):
+                reps.append(b.size // a.size)
+            else:
+                raise SplitError("a per-head Tile of a run-time size", inst.node)
+        return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], self._ints(tag, "repeats", reps)])
+
+    def _op_Concat(self, inst, ins, head, tag):
+        rank, removed = self._in_removed(inst)
+        return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis"), rank, removed)})
+
+    def _window_alias(self, inst, ins) -> dict[int, ir.Value] | None:
+        """Split/Slice/Gather that only pick this path's window: the head's piece is the input's."""
+        out_index, out_layout = next(iter(inst.outputs.items()))
+        in_layout = inst.inputs[0]
+        in_per, _ = per_head_layout(in_layout, self.space)
+        out_per, _ = per_head_layout(out_layout, self.space)
+        if any(ax.is_window for ax in in_layout) and _same_sizes(in_per, out_per):
+            return {out_index: ins[0]}
+        return None
+
+    def _op_Split(self, inst, ins, head, tag):
+        alias = self._window_alias(inst, ins)
+        if alias is not None:
+            return alias
+        rank, removed = self._in_removed(inst)
+        key = (id(inst.node), inst.inputs[0], key_of(inst.inputs[0], self.space, head))
+        node = self.emitted.get(key)
+        if node is None:
+            axis = _remap(attr(inst.node, "axis", 0), rank, removed)
+            outs = [self._value(self._name(tag, o.name, "split"), o) for o in inst.node.outputs]
+            attributes = {k: a for k, a in inst.node.attributes.items()}
+            attributes["axis"] = axis
+            node = self._node("Split", ins, attributes, f"{self.block.name}.{tag}.{inst.node.name or 'Split'}", outs, version=inst.node.version)
+            self.emitted[key] = node
+        return {idx: node.outputs[idx] for idx in inst.outputs}
+
+    def _op_Slice(self, inst, ins, head, tag):
+        alias = self._window_alias(inst, ins)
+        if alias is not None:
+            return alias
+        rank, removed = self._in_removed(inst)
+        if node_opset(inst.node) < 10:
+            axes = attr(inst.node, "axes") or list(range(len(attr(inst.node, "starts"))))
+            return self._clone(inst, ins, head, tag, {"axes": [_remap(a, rank, removed) for a in axes]})
+        new_inputs = list(ins)
+        if len(ins) > 3 and ins[3] is not None:
+            axes = [int(a) for a in const_array(inst.node.inputs[3]).reshape(-1)]
+        else:
+            axes = list(range(len(const_array(inst.node.inputs[1]).reshape(-1))))
+        remapped = [_remap(a, rank, removed) for a in axes]
+        while len(new_inputs) < 4:
+            new_inputs.append(None)
+        new_inputs[3] = self._ints(tag, "axes", remapped)
+        return self._clone(inst, ins, head, tag, extra_inputs=new_inputs)
+
+    def _op_Gather(self, inst, ins, head, tag):
+        alias = self._window_alias(inst, ins)
+        if alias is not None:
+            return alias
+        rank, removed = self._in_removed(inst)
+        return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", 0), rank, removed)})
+
+    def _op_LayerNormalization(self, inst, ins, head, tag):
+        rank, removed = self._in_removed(inst)
+        return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", -1), rank, removed)})
+
+    _op_RMSNormalization = _op_LayerNormalization
+    _op_SimplifiedLayerNormalization = _op_LayerNormalization
+
+    def _op_reduce(self, inst, ins, head, tag):
+        rank, removed = self._in_removed(inst)
+        axes = attr(inst.node, "axes")
+        if axes is not None:
+            return self._clone(inst, ins, head, tag, {"axes": [_remap(a, rank, removed) for a in axes]})
+        if len(ins) > 1 and ins[1] is not None:
+            arr = const_array(inst.node.inputs[1])
+            new_axes = self._ints(tag, "axes", [_remap(int(a), rank, removed) for a in arr.reshape(-1)])
+            return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], new_axes])
+        return self._clone(inst, ins, head, tag)
+
+    _op_ReduceMean = _op_reduce
+    _op_ReduceSum = _op_reduce
+    _op_ReduceMax = _op_reduce
+    _op_ReduceMin = _op_reduce
+    _op_ReduceSumSquare = _op_reduce
+    _op_ReduceL2 = _op_reduce
+
+    def _op_CumSum(self, inst, ins, head, tag):
+        rank, removed = self._in_removed(inst)
+        axis = _remap(int(const_array(inst.node.inputs[1])), rank, removed)
+        axis_value = self._const(f"{self.block.name}.{tag}.axis", np.array(axis, dtype=np.int64))
+        return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], axis_value])
+
+    def _op_RotaryEmbedding(self, inst, ins, head, tag):
+        per, _ = per_head_layout(inst.inputs[0], self.space)
+        if len(per) == 3:
+            return self._clone(inst, ins, head, tag, {"num_heads": 1})
+        return self._clone(inst, ins, head, tag)
+
+    def _op_Attention(self, inst, ins, head, tag):
+        node = inst.node
+        attrs = {"q_num_heads": 1, "kv_num_heads": 1}
+        # Per head, Q/K/V are 3-D [B, S, D]; caches and mask keep their rank with one head.
+        outs = []
+        for idx, original in enumerate(node.outputs):
+            layout = inst.outputs.get(idx)
+            if layout is None:
+                outs.append(self._value(self._name(tag, original.name, "attn_out"), original))
+                continue
+            per, removed = per_head_layout(layout, self.space)
+            if idx in (1, 2):
+                per = per[:1] + (Axis(()),) + per[1:]
+            outs.append(self._value(self._name(tag, original.name, "attn_out"), original, per))
+        attributes = {k: a for k, a in node.attributes.items()}
+        attributes.update(attrs)
+        self._node("Attention", ins, attributes, f"{self.block.name}.{tag}.{node.name or 'Attention'}", outs, version=node.version)
+        results = {0: outs[0]}
+        for idx in (1, 2):
+            if idx in inst.outputs:
+                squeezed = self._value(self._name(tag, node.outputs[idx].name, "present"), node.outputs[idx])
+                self._node("Squeeze", [outs[idx], self._ints(tag, "axes", [1])], None, f"{self.block.name}.{tag}.Squeeze", [squeezed])
+                results[idx] = squeezed
+        return results
+
+    # -- putting heads back together -------------------------------------------------
+    def reconstruct(self, value: ir.Value, layout: Layout) -> ir.Value:
+        """Concatenate the heads' pieces into a tensor equal to the original ``value``."""
+        carrying = [i for i, ax in enumerate(layout) if head_atoms((ax,), self.space) and any(not a.broadcast for a in head_atoms((ax,), self.space))]
+        if len(carrying) != 1:
+            raise SplitError(f"cannot reassemble {value.name!r}: heads on {len(carrying)} axes", value.producer())
+        axis = carrying[0]
+        ax = layout[axis]
+        if ax.is_window:
+            raise SplitError(f"cannot reassemble a window of {value.name!r}", value.producer())
+        _, removed = per_head_layout(layout, self.space)
+        order: dict[tuple[int, ...], tuple[int, int]] = {}
+        for h in range(self.space.num_heads):
+            k = key_of(layout, self.space, h)
+            if k not in order:
+                idx = axis_indices(ax, self.space, h)
+                order[k] = (idx[0], h)
+        parts = []
+        covered: list[int] = []
+        for k, (first, h) in sorted(order.items(), key=lambda kv: kv[1][0]):
+            p = self.piece(value, layout, h)
+            covered.extend(axis_indices(ax, self.space, h))
+            if removed:
+                tag = self._tag(layout, h)
+                u = self._value(self._name(tag, value.name, "unsq") + ".unsqueezed", value)
+                self._node("Unsqueeze", [p, self._ints(tag, "axes", removed)], None, f"{self.block.name}.{tag}.Unsqueeze", [u])
+                self.record.add_activation(value.name, u.name)
+                p = u
+            parts.append(p)
+        if covered != list(range(len(covered))) or (isinstance(ax.size, int) and len(covered) != ax.size):
+            raise SplitError(f"heads do not tile {value.name!r}", value.producer())
+        out = ir.Value(name=None)
+        out.dtype = value.dtype
+        out.shape = value.shape
+        self._node("Concat", parts, {"axis": axis}, f"{self.block.name}.concat_heads", [out])
+        return out
+
+
+def _unsqueeze_axes(node: ir.Node) -> list[int] | None:
+    axes = attr(node, "axes")
+    if axes is None and len(node.inputs) > 1:
+        arr = const_array(node.inputs[1])
+        axes = None if arr is None else [int(a) for a in arr.reshape(-1)]
+    if axes is None:
+        return None
+    rank_out = len(dims(node.outputs[0]) or [])
+    return sorted(norm_axis(a, rank_out) for a in axes)
