@@ -42,6 +42,12 @@ class Atom:
         """The atom's contribution to its axis size (1 for a broadcast stand-in)."""
         return 1 if self.broadcast else self.size
 
+    def same_as(self, other: Atom) -> bool:
+        """Same digit of the same root (sizes of symbolic parts may be spelled differently)."""
+        if self.root is None or other.root is None:
+            return self == other
+        return (self.root, self.div, self.mod, self.broadcast) == (other.root, other.div, other.mod, other.broadcast)
+
     def as_broadcast(self) -> Atom:
         return replace(self, broadcast=True)
 
@@ -78,6 +84,10 @@ class Axis:
 
 
 Layout = tuple[Axis, ...]
+
+
+def same_atoms(a: tuple[Atom, ...], b: tuple[Atom, ...]) -> bool:
+    return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b))
 
 
 def axis_of(*atoms: Atom) -> Axis:

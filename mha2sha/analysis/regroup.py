@@ -80,6 +80,7 @@ def group_dims(src: list[Size], dst: list[Size]) -> list[tuple[list[int], list[i
         groups: list[tuple[list[int], list[int]]] = []
         i = j = 0
         while i < len(order_src) and j < len(order_dst):
+            start_i, start_j = i, j
             gs, gd = [order_src[i]], [order_dst[j]]
             i += 1
             j += 1
@@ -94,7 +95,7 @@ def group_dims(src: list[Size], dst: list[Size]) -> list[tuple[list[int], list[i
                     pd = pd * md[order_dst[j]]
                     j += 1
                 else:
-                    return groups, i, j, False
+                    return groups, start_i, start_j, False
             groups.append((gs, gd))
         return groups, i, j, True
 
@@ -149,9 +150,11 @@ def _distribute(atoms: list[Atom], sizes: list[Size]) -> list[tuple[Atom, ...]]:
             elif ext.divides(remaining):
                 taken.insert(0, atom)
                 remaining = remaining / ext
-            elif not remaining.symbols and (remaining.divides(ext) or _has_unknown(ext)):
+            elif not remaining.symbols and (remaining.divides(ext) or ext.symbols):
+                # A symbolic size that must contain this static factor (the shapes were
+                # matched as one group, so their element counts agree).
                 inner = remaining.coef
-                outer_m = None if _has_unknown(ext) else ext / remaining
+                outer_m = ext / remaining if remaining.divides(ext) and not _has_unknown(ext) else None
                 outer_size = outer_m.to_size() if outer_m is not None else product(sizes[:k])
                 outer, inner_atom = atom.split(inner, outer_size)
                 taken.insert(0, inner_atom)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mha2sha.analysis.discover import Block, Instance, Leaf, Projection
-from mha2sha.analysis.layout import Axis, Layout, axis_indices, head_atoms, key_of, per_head_layout
+from mha2sha.analysis.layout import Axis, Layout, axis_indices, head_atoms, key_of, per_head_layout, same_atoms
 from mha2sha.graph.ir_utils import attr, const_array, const_tensor, dims, node_opset, norm_axis
 
 
@@ -70,7 +70,7 @@ def _remap(axis: int, rank: int, removed: list[int]) -> int:
 
 
 def _same_sizes(a: Layout, b: Layout) -> bool:
-    return len(a) == len(b) and all(x.atoms == y.atoms for x, y in zip(a, b))
+    return len(a) == len(b) and all(same_atoms(x.atoms, y.atoms) for x, y in zip(a, b))
 
 
 class BlockSplitter:
@@ -252,7 +252,9 @@ class BlockSplitter:
         else:
             w_axis = 0
         w_piece = np.ascontiguousarray(np.take(w, idx, axis=w_axis))
-        new_w = self._const(f"{self.block.name}.{tag}.{w_value.name}", w_piece)
+        role = f"{self.block.name}.{tag}.{proj.path}_proj" if proj.path in ("q", "k", "v") else f"{self.block.name}.{tag}.proj"
+        role = self._unique(role)
+        new_w = self._const(f"{role}.weight", w_piece)
         self.record.params.append(ParamSlice(w_value.name, new_w.name, w_axis, tuple(idx), tuple(w.shape)))
         inputs[proj.weight_index] = new_w
         if op in ("Gemm", "Conv") and len(inputs) > 2 and inputs[2] is not None:
@@ -262,12 +264,12 @@ class BlockSplitter:
                 raise SplitError("projection bias computed at run time", node)
             if b.ndim >= 1 and b.shape[-1] > 1:
                 b_axis = b.ndim - 1 if op == "Gemm" else 0
-                new_b = self._const(f"{self.block.name}.{tag}.{bias.name}", np.ascontiguousarray(np.take(b, idx, axis=b_axis)))
+                new_b = self._const(f"{role}.bias", np.ascontiguousarray(np.take(b, idx, axis=b_axis)))
                 self.record.params.append(ParamSlice(bias.name, new_b.name, b_axis, tuple(idx), tuple(b.shape)))
                 inputs[2] = new_b
-        out = self._value(self._name(tag, node.outputs[0].name, "proj"), node.outputs[0], out_layout)
+        out = self._value(role, node.outputs[0], out_layout)
         attrs = {k: a for k, a in node.attributes.items()}
-        self._node(op, inputs, attrs, f"{self.block.name}.{tag}.{node.name or op}", [out], domain=node.domain)
+        self._node(op, inputs, attrs, role, [out], domain=node.domain)
         self._set_piece(node.outputs[0], layout, head, out)
 
     # -- cloned nodes ----------------------------------------------------------------
@@ -345,7 +347,7 @@ class BlockSplitter:
             size = ax.size
             if isinstance(size, int):
                 target.append(size)
-            elif i < len(in_per) and in_per[i].atoms == ax.atoms:
+            elif i < len(in_per) and same_atoms(in_per[i].atoms, ax.atoms):
                 target.append(0)
             else:
                 unknown += 1
@@ -370,7 +372,7 @@ class BlockSplitter:
         shape = []
         for i, ax in enumerate(out_per):
             j = i - shift
-            if j >= 0 and in_per[j].atoms == ax.atoms:
+            if j >= 0 and same_atoms(in_per[j].atoms, ax.atoms):
                 shape.append(1)
             elif isinstance(ax.size, int):
                 shape.append(ax.size)
@@ -385,7 +387,7 @@ class BlockSplitter:
             return {0: ins[0]}
         reps = []
         for a, b in zip(in_per, out_per):
-            if a.atoms == b.atoms:
+            if same_atoms(a.atoms, b.atoms):
                 reps.append(1)
             elif isinstance(a.size, int) and isinstance(b.size, int):
                 reps.append(b.size // a.size)

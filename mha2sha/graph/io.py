@@ -1,0 +1,203 @@
+"""Load models safely and lazily; save them atomically.
+
+Loading never reads weights: external data stays memory-mapped and is only read when a
+weight is sliced. Before anything is mapped, every external-data reference is checked:
+the location must stay inside the model's folder (no absolute paths, no ``..``, no
+symbolic link leading out: the attack classes of CVE-2022-25882, CVE-2024-27318 and
+CVE-2026-27489), the file must exist and hold ``offset + length`` bytes, the length must be
+the tensor's size, and no unknown keys are accepted. Saving writes into a temporary folder
+inside the output folder and renames files into place only when complete, data first and
+the model last, so a file that looks finished is finished.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from mha2sha.errors import InputError, OutputError
+
+_EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
+# Above this many bytes of weights, save with an external data file (protobuf's limit is 2 GB).
+EXTERNAL_DATA_THRESHOLD = 512 * 1024 * 1024
+
+
+@dataclass
+class LoadedModel:
+    model: ir.Model
+    path: Path
+    weight_bytes: int
+    external: bool
+
+
+def _tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    count = math.prod(tensor.dims) if tensor.dims else 1
+    itemsize = ir.DataType(tensor.data_type).itemsize
+    return math.ceil(count * itemsize)
+
+
+def _inside(base: Path, candidate: Path) -> bool:
+    try:
+        candidate.relative_to(base)
+        return True
+    except ValueError:
+        return False
+
+
+def check_external_data(proto: onnx.ModelProto, model_path: Path) -> tuple[int, bool]:
+    """Validate every external-data reference; returns (weight bytes, uses external data)."""
+    base = model_path.resolve().parent
+    total = 0
+    external = False
+    sizes: dict[Path, int] = {}
+    tensors = list(proto.graph.initializer)
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                tensors.append(a.t)
+    for tensor in tensors:
+        nbytes = _tensor_nbytes(tensor)
+        total += nbytes
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        external = True
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        unknown = set(info) - _EXTERNAL_KEYS
+        if unknown:
+            raise InputError(model_path, f"tensor {tensor.name!r} has unknown external data keys {sorted(unknown)}")
+        location = info.get("location")
+        if not location:
+            raise InputError(model_path, f"tensor {tensor.name!r} has external data without a location")
+        rel = Path(location)
+        absolute = rel.is_absolute() or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":")
+        if absolute or not rel.parts:
+            raise InputError(model_path, f"external data location {location!r} of tensor {tensor.name!r} is not a relative path inside the model folder")
+        if ".." in rel.parts:
+            raise InputError(model_path, f"external data location {location!r} of tensor {tensor.name!r} leaves the model folder")
+        target = (base / rel).resolve()
+        if not _inside(base, target):
+            raise InputError(model_path, f"external data location {location!r} of tensor {tensor.name!r} resolves outside the model folder")
+        if not target.is_file():
+            raise InputError(model_path, f"external data file {location!r} of tensor {tensor.name!r} is missing")
+        size = sizes.get(target)
+        if size is None:
+            size = sizes[target] = target.stat().st_size
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else nbytes
+        except ValueError:
+            raise InputError(model_path, f"tensor {tensor.name!r} has a non-numeric external data offset or length") from None
+        if offset < 0 or length < 0:
+            raise InputError(model_path, f"tensor {tensor.name!r} has a negative external data offset or length")
+        if length != nbytes:
+            raise InputError(model_path, f"tensor {tensor.name!r} declares {length} bytes of external data but its shape needs {nbytes}")
+        if offset + length > size:
+            raise InputError(model_path, f"external data file {location!r} is too short for tensor {tensor.name!r} ({size} bytes, needs {offset + length})")
+    return total, external
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Parse, validate and lazily load an ONNX model (weights stay on disk)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if not path.is_file():
+        raise InputError(path, "not a file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except DecodeError as exc:
+        raise InputError(path, f"not a valid ONNX protobuf (truncated or corrupt: {exc})") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read the model: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on garbage input
+        raise InputError(path, f"not an ONNX model ({type(exc).__name__}: {exc})") from None
+    if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.node:
+        raise InputError(path, "not an ONNX model (no graph)")
+    weight_bytes, external = check_external_data(proto, path)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"malformed ONNX graph: {exc}") from None
+    ir.external_data.set_base_dir(model.graph, str(path.resolve().parent))
+    return LoadedModel(model, path, weight_bytes, external)
+
+
+def safe_output_name(name: str) -> str:
+    """A file name that stays inside the output folder whatever the model calls itself."""
+    cleaned = "".join(c if c.isalnum() or c in "._-+" else "_" for c in name).lstrip(".")
+    if not cleaned:
+        raise OutputError(name, "the output name is empty after removing unsafe characters")
+    return cleaned
+
+
+def prepare_output_dir(out_dir: str | os.PathLike, input_paths: list[Path]) -> Path:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(out, f"cannot create the output folder: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise OutputError(out, "the output folder is not writable")
+    return out
+
+
+class StagedOutput:
+    """Files written to a private temporary folder and moved into place on commit."""
+
+    def __init__(self, out_dir: Path, protected: list[Path]):
+        self.out_dir = out_dir.resolve()
+        self.protected = {p.resolve() for p in protected if p.exists()}
+        self.tmp = Path(tempfile.mkdtemp(prefix=".mha2sha-partial-", dir=self.out_dir))
+        self.files: list[str] = []
+
+    def path(self, name: str) -> Path:
+        name = safe_output_name(name)
+        final = self.out_dir / name
+        if final.resolve() in self.protected:
+            raise OutputError(final, "refusing to overwrite an input file; choose another output folder or name")
+        self.files.append(name)
+        return self.tmp / name
+
+    def commit(self, last: str | None = None) -> dict[str, Path]:
+        """Move staged files into the output folder; ``last`` (the model) goes last."""
+        order = [f for f in self.files if f != last] + ([last] if last in self.files else [])
+        placed = {}
+        try:
+            for name in order:
+                src = self.tmp / name
+                if src.exists():
+                    os.replace(src, self.out_dir / name)
+                    placed[name] = self.out_dir / name
+        finally:
+            self.discard()
+        return placed
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def save_model(model: ir.Model, staged: StagedOutput, name: str, *, external: bool, progress=None) -> str:
+    """Write ``<name>.onnx`` (and ``<name>.onnx.data`` when external) into ``staged``."""
+    model_file = f"{name}.onnx"
+    model_path = staged.path(model_file)
+    kwargs = {}
+    if progress is not None:
+        kwargs["callback"] = progress
+    try:
+        if external:
+            data_file = f"{model_file}.data"
+            staged.path(data_file)
+            ir.save(model, model_path, external_data=data_file, **kwargs)
+        else:
+            ir.save(model, model_path)
+    except OSError as exc:
+        raise OutputError(model_path, f"cannot write the model: {exc.strerror or exc}") from None
+    return model_file
