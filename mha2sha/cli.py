@@ -1,17 +1,181 @@
-"""The `mha2sha` command line."""
+"""The `mha2sha` command line.
+
+Examples:
+  mha2sha example --list
+  mha2sha example llama2-tiny -o work/
+  mha2sha inspect work/llama2-tiny.onnx
+  mha2sha convert work/llama2-tiny.onnx -e work/llama2-tiny.encodings -o out/
+  mha2sha verify work/llama2-tiny.onnx out/llama2-tiny_kvcache_sha.onnx -o out/verify
+
+Exit codes: 0 success, 1 a verification check failed (outputs kept and marked),
+2 bad input or options (nothing written), 3 no attention block found, 4 internal error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+import traceback
 
 from mha2sha import __version__
+from mha2sha.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, Mha2ShaError
+
+LOG_LEVELS = {"verbose": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="logging verbosity (default: info); 'verbose' also prints tracebacks")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mha2sha", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mha2sha", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"mha2sha {__version__}")
-    parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="split every attention block into single-head attention", description="Convert MODEL into OUTDIR: <name>.onnx, <name>.encodings, mha_to_sha_encodings_names.json and the verification report.")
+    p.add_argument("model", help="the ONNX model (external data next to it is read lazily)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    p.add_argument("-e", "--encodings", help="AIMET encodings of MODEL (0.6.1, 1.0.0, 2.0.0 or 2.1.0)")
+    p.add_argument("--name", help="output model name (default: input stem + _conv/_kvcache + _sha)")
+    p.add_argument("--replace-linear-with-conv", action="store_true", help="turn MatMul/Gemm with constant weights into 1x1 Conv")
+    p.add_argument("--encodings-version", choices=["0.6.1", "1.0.0", "2.0.0"], help="write encodings in this version (default: the input's)")
+    p.add_argument("--no-verification", action="store_true", help="skip the end-to-end run (per-block checks always run)")
+    p.add_argument("--allow-no-attention", action="store_true", help="write the model unchanged when no attention block is found")
+    p.add_argument("--seed", type=int, default=42, help="seed of the random verification inputs (default: 42)")
+    _common(p)
+
+    p = sub.add_parser("inspect", help="list the attention blocks found, and why any softmax was not converted")
+    p.add_argument("model")
+    _common(p)
+
+    p = sub.add_parser("example", help="write a bundled example model and its encodings")
+    p.add_argument("name", nargs="?", help="example name (see --list)")
+    p.add_argument("-o", "--output", help="output folder")
+    p.add_argument("--list", action="store_true", help="list the bundled examples")
+    _common(p)
+
+    p = sub.add_parser("verify", help="verify that SHA computes the same function as ORIGINAL")
+    p.add_argument("original")
+    p.add_argument("sha")
+    p.add_argument("-e", "--encodings", help="encodings of ORIGINAL")
+    p.add_argument("--sha-encodings", help="encodings of SHA")
+    p.add_argument("-o", "--output", required=True, help="folder for verification_report.json/.md")
+    p.add_argument("--seed", type=int, default=42)
+    _common(p)
+
+    p = sub.add_parser("demo", help="convert a bundled example and print its verification report")
+    p.add_argument("--output", default="demo_out", help="working folder (default: demo_out)")
+    p.add_argument("--example", default="llama3-tiny", help="which bundled example (default: llama3-tiny)")
+    _common(p)
     return parser
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def blocks_table(blocks) -> str:
+    conv = [b for b in blocks if b.converted]
+    skipped = [b for b in blocks if not b.converted]
+    out = []
+    if conv:
+        rows = [[b.name, b.heads, b.kv_heads, b.head_dim, b.features.get("rope"), b.features.get("mask"), b.features.get("past_kv"), b.features.get("lora"), b.features.get("qk_norm")] for b in conv]
+        out.append(_table(rows, ["block", "heads", "kv heads", "head dim", "rope", "mask", "past kv", "lora", "qk norm"]))
+    if skipped:
+        out.append("not converted:")
+        out.extend(f"  {b.name} {b.anchor}: {b.reason}" + (f" (stopped at {b.stopped_at})" if b.stopped_at else "") for b in skipped)
+    if not blocks:
+        out.append("no Softmax or Attention op in the model")
+    return "\n".join(out)
+
+
+def _cmd_inspect(args) -> int:
+    from mha2sha.api import inspect
+    from mha2sha.errors import EXIT_NO_ATTENTION
+
+    blocks = inspect(args.model)
+    if args.json:
+        print(json.dumps({"blocks": [b.as_dict() for b in blocks]}, indent=1))
+    else:
+        print(blocks_table(blocks))
+    return 0 if any(b.converted for b in blocks) else EXIT_NO_ATTENTION
+
+
+def _cmd_convert(args) -> int:
+    from mha2sha.api import ConvertOptions, convert
+
+    opts = ConvertOptions(
+        name=args.name,
+        encodings=args.encodings,
+        replace_linear_with_conv=args.replace_linear_with_conv,
+        end_to_end=not args.no_verification,
+        encodings_version=args.encodings_version,
+        allow_no_attention=args.allow_no_attention,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    result = convert(args.model, args.output, opts)
+    return _print_result(result, args)
+
+
+def _print_result(result, args) -> int:
+    if args.json:
+        print(json.dumps({
+            "status": "pass" if result.ok else "fail",
+            "exit_code": result.exit_code,
+            "model": str(result.model_path) if result.model_path else None,
+            "encodings": str(result.encodings_path) if result.encodings_path else None,
+            "mapping": str(result.mapping_path) if result.mapping_path else None,
+            "blocks": [b.as_dict() for b in result.blocks],
+            "seconds": round(result.seconds, 3),
+        }, indent=1))
+    else:
+        print(blocks_table(result.blocks))
+        if result.model_path:
+            print(f"wrote {result.model_path}")
+        if result.encodings_path:
+            print(f"wrote {result.encodings_path}")
+        if result.report is not None:
+            from verify.report import verdict_table
+
+            print(verdict_table(result.report))
+        print(f"total runtime {result.seconds:.2f} s; Verification Status {'OK' if result.ok else 'FAIL'}")
+    return result.exit_code
+
+
+def _cmd_example(args) -> int:
+    from fuzz import examples
+
+    if args.list or not args.name:
+        for name, ex in examples.EXAMPLES.items():
+            print(f"{name:14s} {ex.description}")
+        return 0
+    if not args.output:
+        raise SystemExit("mha2sha example: -o/--output is required")
+    paths = examples.write_example(args.name, args.output)
+    for p in paths.values():
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from verify.cli import run_verify
+
+    return run_verify(args)
+
+
+def _cmd_demo(args) -> int:
+    from mha2sha.demo import run_demo
+
+    return run_demo(args.output, args.example)
+
+
+_COMMANDS = {"convert": _cmd_convert, "inspect": _cmd_inspect, "example": _cmd_example, "verify": _cmd_verify, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,4 +183,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-    return 0
+        return 0
+    logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    try:
+        return _COMMANDS[args.command](args)
+    except Mha2ShaError as exc:
+        if args.log_level == "verbose":
+            traceback.print_exc()
+        print(f"mha2sha: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mha2sha: interrupted; no finished outputs were written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - report one line; the traceback is for --log-level verbose
+        if args.log_level == "verbose":
+            traceback.print_exc()
+        print(f"mha2sha: internal error: {type(exc).__name__}: {exc} (rerun with --log-level verbose for details)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+__all__ = ["main", "build_parser", "EXIT_BAD_INPUT"]

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from mha2sha.analysis.discover import Block, Instance, Leaf, Projection
 from mha2sha.analysis.layout import Axis, Layout, axis_indices, head_atoms, key_of, per_head_layout, same_atoms
-from mha2sha.graph.ir_utils import attr, const_array, const_tensor, dims, node_opset, norm_axis
+from mha2sha.graph.ir_utils import attr, const_array, const_tensor, dims, is_const, node_opset, norm_axis
 
 
 class SplitError(Exception):
@@ -46,7 +46,10 @@ class SplitRecord:
     block: str
     activations: dict[str, list[str]] = field(default_factory=dict)  # MHA tensor -> SHA tensors
     params: list[ParamSlice] = field(default_factory=list)
-    reconstructed: dict[str, str] = field(default_factory=dict)  # MHA tensor -> Concat of heads
+    # The block as a standalone function, named by tensors that both the MHA and the SHA
+    # model have: what it reads (non-constant) and what it writes (heads reassembled).
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
 
     def add_activation(self, original: str, piece: str) -> None:
         pieces = self.activations.setdefault(original, [])
@@ -84,8 +87,8 @@ class BlockSplitter:
         self.weights: dict[int, np.ndarray] = {}
         self.record = SplitRecord(block.name)
         self.nodes: list[ir.Node] = []
-        distinct: dict[tuple[int, Layout], set] = {}
-        self._distinct = distinct
+        self._new: set[ir.Node] = set()
+        self.external_inputs: dict[str, None] = {}  # non-constant tensors the new nodes read
 
     # -- naming ----------------------------------------------------------------------
     def _unique(self, name: str) -> str:
@@ -111,6 +114,10 @@ class BlockSplitter:
     # -- graph building --------------------------------------------------------------
     def _node(self, op: str, inputs, attrs: dict | None, name: str, outputs: list[ir.Value], domain: str = "", version=None) -> ir.Node:
         node = ir.node(op, list(inputs), attrs or {}, domain=domain, outputs=outputs, name=self._unique(name), version=version)
+        for v in node.inputs:
+            if v is not None and v.name and v.producer() not in self._new and not is_const(v):
+                self.external_inputs.setdefault(v.name, None)
+        self._new.add(node)
         self.graph.append(node)
         self.nodes.append(node)
         return node

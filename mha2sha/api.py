@@ -1,0 +1,174 @@
+"""Python API: ``mha2sha.convert(...)`` and ``mha2sha.inspect(...)``.
+
+A conversion loads the model lazily, splits every attention block it understands, optionally
+turns linear layers into 1x1 Conv, carries the AIMET encodings onto the new tensors, writes
+everything atomically into the output folder, and verifies the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx_ir as ir
+
+from mha2sha.errors import EXIT_NO_ATTENTION, EXIT_OK, EXIT_VERIFICATION_FAILED, NoAttentionError
+from mha2sha.graph.io import EXTERNAL_DATA_THRESHOLD, StagedOutput, load_model, prepare_output_dir, save_model
+from mha2sha.passes.cleanup import cleanup
+from mha2sha.passes.linear_to_conv import ConvRecord, linear_to_conv
+from mha2sha.pipeline import BlockReport, SplitResult, _all_names, split_model
+
+log = logging.getLogger("mha2sha")
+
+MAPPING_FILE = "mha_to_sha_encodings_names.json"
+
+
+@dataclass
+class ConvertOptions:
+    """What a conversion should do. Every field has a command line flag of the same name."""
+
+    name: str | None = None
+    encodings: str | Path | None = None
+    replace_linear_with_conv: bool = False
+    verify: bool = True
+    end_to_end: bool = True
+    encodings_version: str | None = None
+    allow_no_attention: bool = False
+    seed: int = 42
+    progress: bool = False
+
+
+@dataclass
+class ConversionResult:
+    """What a conversion produced. ``ok`` is True only when every check passed."""
+
+    output_dir: Path
+    model_path: Path | None
+    encodings_path: Path | None
+    mapping_path: Path | None
+    blocks: list[BlockReport]
+    report: dict | None = None
+    report_paths: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def converted_blocks(self) -> list[BlockReport]:
+        return [b for b in self.blocks if b.converted]
+
+    @property
+    def ok(self) -> bool:
+        return self.report is None or self.report.get("status") == "pass"
+
+    @property
+    def exit_code(self) -> int:
+        if not self.converted_blocks:
+            return EXIT_NO_ATTENTION
+        return EXIT_OK if self.ok else EXIT_VERIFICATION_FAILED
+
+
+def default_name(model_path: Path, *, conv: bool, kv_cache: bool) -> str:
+    """The reference tool's naming: stem + _conv + _kvcache + _sha."""
+    stem = model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.stem
+    return stem + ("_conv" if conv else "") + ("_kvcache" if kv_cache else "") + "_sha"
+
+
+def name_mapping(split: SplitResult, conv: ConvRecord | None) -> dict:
+    """``{"activation_encodings": {mha: [sha...]}, "param_encodings": {mha: [sha...]}}``."""
+    activations: dict[str, list[str]] = {}
+    params: dict[str, list[str]] = {}
+    for record in split.records:
+        for original, pieces in record.activations.items():
+            activations.setdefault(original, [])
+            activations[original].extend(p for p in pieces if p not in activations[original])
+        for ps in record.params:
+            params.setdefault(ps.source, [])
+            if ps.target not in params[ps.source]:
+                params[ps.source].append(ps.target)
+    if conv is not None:
+        for original, new in conv.activations.items():
+            activations.setdefault(original, []).extend(new)
+    return {"activation_encodings": activations, "param_encodings": params}
+
+
+def inspect(model_path: str | Path) -> list[BlockReport]:
+    """The attention blocks of a model, as the converter sees them (nothing is written)."""
+    loaded = load_model(model_path)
+    return split_model(loaded.model, analyse_only=True).blocks
+
+
+def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOptions | None = None, **kwargs) -> ConversionResult:
+    """Convert ``model_path`` into ``output_dir``; see ConvertOptions for the knobs."""
+    opts = options or ConvertOptions(**kwargs)
+    started = time.perf_counter()
+    model_path = Path(model_path)
+    loaded = load_model(model_path)
+    encodings = None
+    if opts.encodings is not None:
+        from mha2sha.encodings import read_encodings
+
+        encodings = read_encodings(opts.encodings)
+    inputs = [model_path] + ([Path(opts.encodings)] if opts.encodings else [])
+    inputs += _external_files(loaded.model, model_path)
+    out_dir = prepare_output_dir(output_dir, inputs)
+    model = loaded.model
+    split = split_model(model)
+    if not split.converted and not opts.allow_no_attention:
+        raise NoAttentionError(model_path, _no_attention_message(split.blocks))
+    conv_record = None
+    if opts.replace_linear_with_conv:
+        conv_record = linear_to_conv(model, _all_names(model.graph))
+        cleanup(model)
+    kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
+    name = opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache)
+    staged = StagedOutput(out_dir, inputs)
+    try:
+        model_file = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD)
+        mapping = name_mapping(split, conv_record)
+        with open(staged.path(MAPPING_FILE), "w") as fh:
+            json.dump(mapping, fh, indent=1, sort_keys=True)
+        encodings_file = None
+        if encodings is not None:
+            from mha2sha.encodings.propagate import propagate
+
+            sha_encodings, summary = propagate(encodings, loaded_original(model_path), model, split, conv_record)
+            encodings_file = f"{name}.encodings"
+            from mha2sha.encodings import write_encodings
+
+            write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
+        placed = staged.commit(last=model_file)
+    except BaseException:
+        staged.discard()
+        raise
+    result = ConversionResult(
+        output_dir=out_dir,
+        model_path=placed.get(model_file),
+        encodings_path=placed.get(encodings_file) if encodings_file else None,
+        mapping_path=placed.get(MAPPING_FILE),
+        blocks=split.blocks,
+        seconds=time.perf_counter() - started,
+    )
+    return result
+
+
+def loaded_original(model_path: Path) -> ir.Model:
+    return load_model(model_path).model
+
+
+def _external_files(model: ir.Model, model_path: Path) -> list[Path]:
+    files = set()
+    for init in model.graph.initializers.values():
+        tensor = init.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            files.add(Path(tensor.path))
+    return sorted(files)
+
+
+def _no_attention_message(blocks: list[BlockReport]) -> str:
+    if not blocks:
+        return "no attention found (no Softmax or Attention op)"
+    reasons = "; ".join(f"{b.anchor}: {b.reason}" for b in blocks[:3])
+    more = f" (and {len(blocks) - 3} more)" if len(blocks) > 3 else ""
+    return f"no attention block could be converted: {reasons}{more}"
