@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from mha2sha.passes.shapes import infer_shapes
 
 
 def remove_dead(model: ir.Model) -> None:
@@ -11,11 +13,9 @@ def remove_dead(model: ir.Model) -> None:
     RemoveUnusedNodesPass()(model)
 
 
-def infer_shapes(model: ir.Model) -> None:
-    """Best-effort shape inference: a model it cannot fully type is still usable."""
-    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-
-
 def cleanup(model: ir.Model) -> None:
     remove_dead(model)
     infer_shapes(model)
+
+
+__all__ = ["cleanup", "remove_dead", "infer_shapes"]

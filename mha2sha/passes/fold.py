@@ -35,6 +35,37 @@ def _static_shape_slice(node: ir.Node) -> np.ndarray | None:
     return None
 
 
+def _static_dims_read(node: ir.Node) -> np.ndarray | None:
+    """Gather/Slice of a Shape output that only reads static dimensions."""
+    data = node.inputs[0]
+    shape_node = data.producer() if data is not None else None
+    if shape_node is None or shape_node.op_type != "Shape":
+        return None
+    d = dims(shape_node.inputs[0])
+    if d is None:
+        return None
+    start = attr(shape_node, "start", 0)
+    end = attr(shape_node, "end", None)
+    d = d[start:end] if end is not None else d[start:]
+    positions = np.arange(len(d))
+    if node.op_type == "Gather":
+        idx = const_array(node.inputs[1])
+        if idx is None or attr(node, "axis", 0) != 0:
+            return None
+        picked = positions[idx]
+    else:
+        bounds = [const_array(v) if v is not None else None for v in node.inputs[1:]]
+        if any(b is None for b in bounds[:2]) or any(v is not None and b is None for v, b in zip(node.inputs[1:], bounds)):
+            return None
+        starts, ends = bounds[0], bounds[1]
+        steps = bounds[3] if len(bounds) > 3 and bounds[3] is not None else np.ones_like(starts)
+        picked = positions[slice(int(starts[0]), int(ends[0]), int(steps[0]))]
+    values = [d[int(i)] for i in np.asarray(picked).reshape(-1)]
+    if not all(isinstance(v, int) for v in values):
+        return None
+    return np.array(values, dtype=np.int64).reshape(np.asarray(picked).shape)
+
+
 def _replace_with_constant(graph: ir.Graph, value: ir.Value, array: np.ndarray) -> None:
     name = value.name
     const = ir.Value(name=None, const_value=ir.tensor(array))
@@ -61,6 +92,8 @@ def fold_static_shapes(graph: ir.Graph) -> int:
         array = None
         if node.op_type == "Shape":
             array = _static_shape_slice(node)
+        elif node.op_type in ("Gather", "Slice") and (array := _static_dims_read(node)) is not None:
+            pass
         elif node.op_type in _FOLDABLE and node.inputs:
             inputs = []
             for v in node.inputs:

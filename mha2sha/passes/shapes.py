@@ -1,0 +1,104 @@
+"""Shape inference that keeps symbolic dimensions linked.
+
+Exporters with dynamic axes compute Reshape targets at run time (``Concat(Shape(x)[0],
+Shape(x)[1], -1, 64)``). ONNX's own inference names such dimensions ``unk__42``, which loses
+the fact that they are the model's ``batch`` and ``seq``; onnxruntime's symbolic shape
+inference follows the shape arithmetic and keeps them. We use the latter and fall back to
+ONNX's when it cannot handle a model. Weights are never serialised for this: initializers
+larger than a few bytes are passed as typed graph inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+import onnx_ir as ir
+
+log = logging.getLogger("mha2sha")
+
+_KEEP_VALUE_BYTES = 4096  # small constants (shape targets, axes) keep their values
+
+
+def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
+    graph = model.graph
+    moved: list[tuple[ir.Value, object]] = []
+    n_inputs = len(graph.inputs)
+    for init in list(graph.initializers.values()):
+        tensor = init.const_value
+        if tensor is None or tensor.nbytes > _KEEP_VALUE_BYTES:
+            if init.shape is None and tensor is not None:
+                init.shape = tensor.shape
+            if init.dtype is None and tensor is not None:
+                init.dtype = tensor.dtype
+            moved.append((init, tensor))
+    try:
+        for init, _tensor in moved:
+            graph.initializers.pop(init.name)
+            init.const_value = None
+            graph.inputs.append(init)
+        return ir.serde.serialize_model(model)
+    finally:
+        original_inputs = list(graph.inputs)[:n_inputs]
+        graph.inputs.clear()
+        graph.inputs.extend(original_inputs)
+        for init, tensor in moved:
+            init.const_value = tensor
+            graph.initializers.add(init) if tensor is None else graph.register_initializer(init)
+
+
+def _symbolic(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:  # pragma: no cover - onnxruntime always ships it
+        return None
+    try:
+        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+    except Exception as exc:  # noqa: BLE001 - fall back to ONNX's inference
+        log.debug("symbolic shape inference failed (%s); using ONNX shape inference", exc)
+        return None
+
+
+def _onnx(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("ONNX shape inference failed: %s", exc)
+        return None
+
+
+def _to_ir_shape(type_proto: onnx.TypeProto) -> tuple[ir.Shape | None, ir.DataType | None]:
+    tt = type_proto.tensor_type
+    dtype = ir.DataType(tt.elem_type) if tt.elem_type else None
+    if not tt.HasField("shape"):
+        return None, dtype
+    dims: list = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(ir.SymbolicDim(d.dim_param))
+        else:
+            dims.append(ir.SymbolicDim(None))
+    return ir.Shape(dims), dtype
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """Set the shape and dtype of every value of the main graph (best effort)."""
+    proto = _proto_without_weights(model)
+    inferred = _symbolic(proto)
+    if inferred is None:
+        inferred = _onnx(proto)
+    if inferred is None:
+        return
+    infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for node in model.graph:
+        for out in node.outputs:
+            info = infos.get(out.name)
+            if info is None:
+                continue
+            shape, dtype = _to_ir_shape(info.type)
+            if shape is not None:
+                out.shape = shape
+            if dtype is not None and out.dtype is None:
+                out.dtype = dtype
