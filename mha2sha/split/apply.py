@@ -72,3 +72,14 @@ def split_block(graph: ir.Graph, block: Block, names: set[str]) -> SplitRecord:
         splitter.record.outputs.append(original)
     splitter.record.inputs = list(splitter.external_inputs)
     return splitter.record
+
+
+def _rollback(graph: ir.Graph, splitter: BlockSplitter, initializers_before: set[str]) -> None:
+    """Remove everything the failed split added: the graph is as it was."""
+    for node in reversed(splitter.nodes):
+        for i in range(len(node.inputs)):
+            node.replace_input_with(i, None)
+    graph.remove(splitter.nodes, safe=False)
+    for name in list(graph.initializers):
+        if name not in initializers_before:
+            graph.initializers.pop(name)

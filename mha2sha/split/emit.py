@@ -359,11 +359,45 @@ class BlockSplitter:
             else:
                 unknown += 1
                 target.append(-1)
-        if unknown > 1:
-            raise SplitError("a per-head Reshape needs two run-time sizes", inst.node)
         outs = self._outputs_for(inst, head, tag)
-        self._node("Reshape", [ins[0], self._ints(tag, "shape", target)], None, f"{self.block.name}.{tag}.{inst.node.name or 'Reshape'}", [outs[0]])
+        if unknown > 1:
+            shape_value = self._runtime_target(inst, out_per, tag)
+        else:
+            shape_value = self._ints(tag, "shape", target)
+        self._node("Reshape", [ins[0], shape_value], None, f"{self.block.name}.{tag}.{inst.node.name or 'Reshape'}", [outs[0]])
         return {0: outs[0]}
+
+    def _runtime_target(self, inst: Instance, out_per: Layout, tag: str) -> ir.Value:
+        """A per-head Reshape target with several run-time sizes, taken from the original
+        target (x.view(B, S, 3E) -> per head (B, S, D)): static sizes replace the head ones.
+        Shared by every head of the block."""
+        key = ("target", id(inst.node), out_per)
+        cached = self.emitted.get(key)
+        if cached is not None:
+            return cached.outputs[0]
+        original_target = inst.node.inputs[1]
+        if inst.node.op_type != "Reshape" or original_target is None:
+            raise SplitError("a per-head layout op needs several run-time sizes", inst.node)
+        out_layout = inst.outputs[0]
+        _, removed = per_head_layout(out_layout, self.space)
+        kept_axes = [i for i in range(len(out_layout)) if i not in removed]
+        static, mask = [], []
+        for per_axis, orig_axis in zip(out_per, kept_axes):
+            if isinstance(per_axis.size, int):
+                static.append(per_axis.size)
+                mask.append(True)
+            elif same_atoms(per_axis.atoms, self.space.refine_axis(out_layout[orig_axis]).atoms):
+                static.append(0)
+                mask.append(False)
+            else:
+                raise SplitError("a per-head Reshape needs a run-time size that changes with the head", inst.node)
+        gathered = self._value(f"{self.block.name}.{inst.node.name or 'Reshape'}.kept_dims", None, dtype=ir.DataType.INT64)
+        self._node("Gather", [original_target, self._ints("shared", "kept_axes", kept_axes)], {"axis": 0}, f"{self.block.name}.target_gather", [gathered])
+        mask_value = self._const(f"{self.block.name}.shared.static_mask", np.array(mask, dtype=np.bool_))
+        target = self._value(f"{self.block.name}.{inst.node.name or 'Reshape'}.per_head_shape", None, dtype=ir.DataType.INT64)
+        node = self._node("Where", [mask_value, self._ints("shared", "static_dims", static), gathered], None, f"{self.block.name}.target_where", [target])
+        self.emitted[key] = node
+        return target
 
     _op_Reshape = _reshape_to
     _op_Flatten = _reshape_to

@@ -1,0 +1,117 @@
+"""Tiny random-initialised Hugging Face models, exported with torch.onnx as users export them.
+
+No weights are downloaded: every model is built from a config with a fixed seed. Each case
+names the architecture, the config overrides that exercise a feature (GQA, q/k norm, sliding
+window, fused qkv with partial rotary, biases), the exporter (TorchScript or dynamo), the
+opset and the attention implementation (eager or sdpa).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+VOCAB = 128
+BATCH, SEQ = 2, 7
+
+
+@dataclass(frozen=True)
+class ExportCase:
+    arch: str
+    dynamo: bool
+    opset: int
+    attn: str = "eager"
+    overrides: dict = field(default_factory=dict)
+    layers: int = 2
+    heads: int = 4
+
+    @property
+    def id(self) -> str:
+        extra = "-".join(f"{k}{v}" for k, v in sorted(self.overrides.items()))
+        return f"{self.arch}-{'dynamo' if self.dynamo else 'ts'}{self.opset}-{self.attn}" + (f"-{extra}" if extra else "")
+
+
+def _config(case: ExportCase):
+    from transformers import AutoConfig
+
+    if case.arch == "gpt2":
+        base = dict(vocab_size=VOCAB, n_embd=64, n_layer=case.layers, n_head=case.heads, n_positions=64)
+    elif case.arch == "bert":
+        base = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=case.layers, num_attention_heads=case.heads, intermediate_size=128, max_position_embeddings=64)
+    else:
+        base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=case.layers, num_attention_heads=case.heads, num_key_value_heads=case.heads, max_position_embeddings=64, pad_token_id=0)
+    base.update(case.overrides)
+    return AutoConfig.for_model(case.arch, **base)
+
+
+def build_torch_model(case: ExportCase):
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = _config(case)
+    factory = AutoModel if case.arch == "bert" else AutoModelForCausalLM
+    model = factory.from_config(cfg, attn_implementation=case.attn).eval()
+    # Peaked attention: scale the q/k projections up so scores are not nearly uniform.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(k in name for k in ("q_proj.weight", "k_proj.weight", "qkv_proj.weight", "c_attn.weight", "query.weight", "key.weight")):
+                p.mul_(4.0)
+    return model
+
+
+def export(case: ExportCase, path: Path) -> dict[str, np.ndarray]:
+    """Export ``case`` to ``path`` and return feeds that exercise it (padding included)."""
+    import torch
+
+    model = build_torch_model(case)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False) if case.arch != "bert" else self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, VOCAB, (BATCH, SEQ)).astype(np.int64)
+    mask = np.ones((BATCH, SEQ), np.int64)
+    mask[1, :2] = 0  # left padding on the second row
+    args = (torch.from_numpy(ids), torch.from_numpy(mask))
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if case.dynamo:
+            torch.onnx.export(Wrapper(model), args, str(path), input_names=["input_ids", "attention_mask"], output_names=["output"], opset_version=case.opset, dynamo=True, verbose=False)
+        else:
+            torch.onnx.export(Wrapper(model), args, str(path), input_names=["input_ids", "attention_mask"], output_names=["output"], opset_version=case.opset, dynamo=False, dynamic_axes=dynamic)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def cases() -> list[ExportCase]:
+    out = []
+    for dynamo, opset in ((False, 17), (True, 18)):
+        for attn in ("eager", "sdpa"):
+            out.append(ExportCase("llama", dynamo, opset, attn))
+            out.append(ExportCase("llama", dynamo, opset, attn, {"num_key_value_heads": 2}))
+    out += [
+        ExportCase("llama", True, 23, "sdpa", {"num_key_value_heads": 2}),
+        ExportCase("llama", True, 23, "eager", {"num_key_value_heads": 2}),
+        ExportCase("qwen2", False, 17, "eager", {"num_key_value_heads": 2}),
+        ExportCase("qwen2", True, 18, "sdpa", {"num_key_value_heads": 2}),
+        ExportCase("qwen3", False, 17, "eager", {"num_key_value_heads": 2, "head_dim": 32}),
+        ExportCase("qwen3", True, 18, "sdpa", {"num_key_value_heads": 2, "head_dim": 8}),
+        ExportCase("mistral", False, 17, "eager", {"num_key_value_heads": 2, "sliding_window": 4}),
+        ExportCase("phi3", False, 17, "eager", {"partial_rotary_factor": 0.5}),
+        ExportCase("phi3", True, 18, "sdpa", {"num_key_value_heads": 2, "partial_rotary_factor": 0.5}),
+        ExportCase("gpt2", False, 17, "eager"),
+        ExportCase("gpt2", True, 18, "sdpa"),
+        ExportCase("bert", False, 17, "eager"),
+        ExportCase("bert", True, 18, "sdpa"),
+    ]
+    return out
