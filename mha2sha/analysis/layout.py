@@ -29,6 +29,16 @@ Size = int | str | None
 """A dimension: a static int, a symbolic name, or None when unknown."""
 
 
+def _cached_hash(self) -> int:
+    # Layouts are dictionary keys on the hot path; hash each immutable object once.
+    try:
+        return self.__dict__["_hash"]
+    except KeyError:
+        h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
+        object.__setattr__(self, "_hash", h)
+        return h
+
+
 @dataclass(frozen=True)
 class Atom:
     size: Size
@@ -36,6 +46,8 @@ class Atom:
     div: int = 1
     mod: int | None = None  # None: unbounded (outermost digit of a root of symbolic size)
     broadcast: bool = False
+
+    __hash__ = _cached_hash
 
     @property
     def extent(self) -> Size:
@@ -69,6 +81,8 @@ class Axis:
     atoms: tuple[Atom, ...]
     offset: int = 0
     dim: Size = None  # full size of the dimension when the axis is a window of it
+
+    __hash__ = _cached_hash
 
     @property
     def size(self) -> Size:
@@ -128,6 +142,9 @@ class HeadSpace:
     digits: tuple[tuple[int, int, int], ...]
     by_root: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
     _refined: dict[Atom, tuple[Atom, ...]] = field(default_factory=dict, repr=False)
+    _heads_of: dict[Layout, list[Atom]] = field(default_factory=dict, repr=False)
+    _keys: dict[tuple[Layout, int], tuple[int, ...]] = field(default_factory=dict, repr=False)
+    _per_head: dict[Layout, tuple[Layout, list[int]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for root, div, mod in self.digits:
@@ -219,13 +236,22 @@ class HeadSpace:
 
 
 def head_atoms(layout: Layout, space: HeadSpace) -> list[Atom]:
-    return [a for ax in layout for a in space.refine_axis(ax).atoms if space.classify(a) == "head"]
+    found = space._heads_of.get(layout)
+    if found is None:
+        found = [a for ax in layout for a in space.refine_axis(ax).atoms if space.classify(a) == "head"]
+        space._heads_of[layout] = found
+    return found
 
 
 def key_of(layout: Layout, space: HeadSpace, head: int) -> tuple[int, ...]:
     """Which per-head copy of a tensor query head ``head`` reads: heads with the same key
     share one copy (a K/V tensor is shared by the query heads of its kv group)."""
-    return tuple(space.index(a, head) for a in head_atoms(layout, space) if not a.broadcast)
+    k = (layout, head)
+    found = space._keys.get(k)
+    if found is None:
+        found = tuple(space.index(a, head) for a in head_atoms(layout, space) if not a.broadcast)
+        space._keys[k] = found
+    return found
 
 
 def per_head_layout(layout: Layout, space: HeadSpace) -> tuple[Layout, list[int]]:
@@ -234,6 +260,9 @@ def per_head_layout(layout: Layout, space: HeadSpace) -> tuple[Layout, list[int]
     An axis made only of head atoms disappears (one head selects one index); an axis that
     also has free atoms (the channel axis [H, D]) keeps the free part.
     """
+    found = space._per_head.get(layout)
+    if found is not None:
+        return found
     new_axes: list[Axis] = []
     removed: list[int] = []
     for i, ax in enumerate(layout):
@@ -247,7 +276,9 @@ def per_head_layout(layout: Layout, space: HeadSpace) -> tuple[Layout, list[int]
             new_axes.append(Axis(kept))
         else:
             new_axes.append(Axis(kept) if ax.is_window else ax)
-    return tuple(new_axes), removed
+    found = (tuple(new_axes), removed)
+    space._per_head[layout] = found
+    return found
 
 
 def axis_indices(ax: Axis, space: HeadSpace, head: int) -> list[int] | None:

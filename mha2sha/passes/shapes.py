@@ -47,10 +47,35 @@ def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
             graph.initializers.add(init) if tensor is None else graph.register_initializer(init)
 
 
+def _symbolic_shape_inference():
+    """onnxruntime's SymbolicShapeInference, loaded without onnxruntime.tools/__init__.py
+    (which imports torch when it is installed: seconds of start-up for nothing)."""
+    global _SSI
+    if _SSI is None:
+        import importlib.util
+        from pathlib import Path
+
+        import onnxruntime
+
+        path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+        spec = importlib.util.spec_from_file_location("_mha2sha_symbolic_shape_infer", path)
+        if spec is None or spec.loader is None:  # pragma: no cover
+            return None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SSI = module.SymbolicShapeInference
+    return _SSI
+
+
+_SSI = None
+
+
 def _symbolic(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:  # pragma: no cover - onnxruntime always ships it
+        SymbolicShapeInference = _symbolic_shape_inference()
+    except Exception:  # noqa: BLE001 - fall back to ONNX's inference
+        return None
+    if SymbolicShapeInference is None:
         return None
     try:
         return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)

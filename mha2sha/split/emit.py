@@ -88,6 +88,8 @@ class BlockSplitter:
         self.record = SplitRecord(block.name)
         self.nodes: list[ir.Node] = []
         self._new: set[ir.Node] = set()
+        self._distinct_keys: dict[Layout, int] = {}
+        self._int_consts: dict[tuple, ir.Value] = {}
         self.external_inputs: dict[str, None] = {}  # non-constant tensors the new nodes read
 
     # -- naming ----------------------------------------------------------------------
@@ -103,7 +105,10 @@ class BlockSplitter:
         key = key_of(layout, self.space, head)
         if not key:
             return "shared"
-        count = len({key_of(layout, self.space, h) for h in range(self.space.num_heads)})
+        count = self._distinct_keys.get(layout)
+        if count is None:
+            count = len({key_of(layout, self.space, h) for h in range(self.space.num_heads)})
+            self._distinct_keys[layout] = count
         if count == self.space.num_heads:
             return f"h{head}"
         return "kv" + "_".join(str(k) for k in key)
@@ -138,7 +143,14 @@ class BlockSplitter:
         return v
 
     def _ints(self, tag: str, what: str, values: list[int]) -> ir.Value:
-        return self._const(f"{self.block.name}.{tag}.{what}", np.array(values, dtype=np.int64))
+        """A small int64 constant, shared by every head that needs the same values."""
+        key = (what, tuple(int(v) for v in values))
+        found = self._int_consts.get(key)
+        if found is None:
+            suffix = "_".join(str(v).replace("-", "m") for v in values)
+            found = self._const(f"{self.block.name}.{what}_{suffix}", np.array(values, dtype=np.int64))
+            self._int_consts[key] = found
+        return found
 
     # -- pieces ----------------------------------------------------------------------
     def piece(self, value: ir.Value, layout: Layout, head: int, keep_rank: bool = False) -> ir.Value:
@@ -258,7 +270,7 @@ class BlockSplitter:
             w_axis = 0 if attr(node, "transB", 0) else 1
         else:
             w_axis = 0
-        w_piece = np.ascontiguousarray(np.take(w, idx, axis=w_axis))
+        w_piece = _take(w, idx, w_axis)
         role = f"{self.block.name}.{tag}.{proj.path}_proj" if proj.path in ("q", "k", "v") else f"{self.block.name}.{tag}.proj"
         role = self._unique(role)
         new_w = self._const(f"{role}.weight", w_piece)
@@ -271,7 +283,7 @@ class BlockSplitter:
                 raise SplitError("projection bias computed at run time", node)
             if b.ndim >= 1 and b.shape[-1] > 1:
                 b_axis = b.ndim - 1 if op == "Gemm" else 0
-                new_b = self._const(f"{role}.bias", np.ascontiguousarray(np.take(b, idx, axis=b_axis)))
+                new_b = self._const(f"{role}.bias", _take(b, idx, b_axis))
                 self.record.params.append(ParamSlice(bias.name, new_b.name, b_axis, tuple(idx), tuple(b.shape)))
                 inputs[2] = new_b
         out = self._value(role, node.outputs[0], out_layout)
@@ -590,6 +602,15 @@ class BlockSplitter:
         out.shape = value.shape
         self._node("Concat", parts, {"axis": axis}, f"{self.block.name}.concat_heads", [out])
         return out
+
+
+def _take(array: np.ndarray, indices: list[int], axis: int) -> np.ndarray:
+    """``array`` restricted to ``indices`` along ``axis``; a plain slice when contiguous."""
+    if indices == list(range(indices[0], indices[0] + len(indices))):
+        index = [slice(None)] * array.ndim
+        index[axis] = slice(indices[0], indices[0] + len(indices))
+        return np.ascontiguousarray(array[tuple(index)])
+    return np.ascontiguousarray(np.take(array, indices, axis=axis))
 
 
 def _unsqueeze_axes(node: ir.Node) -> list[int] | None:
