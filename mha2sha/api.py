@@ -99,8 +99,28 @@ def inspect(model_path: str | Path) -> list[BlockReport]:
     return split_model(loaded.model, analyse_only=True).blocks
 
 
+def _base_report(model_path: Path, opts: ConvertOptions) -> dict:
+    from mha2sha import __version__
+
+    return {
+        "status": "fail",
+        "tool": {"name": "mha2sha", "version": __version__},
+        "model": {"original": str(model_path), "encodings": str(opts.encodings) if opts.encodings else None},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "seed": opts.seed,
+        "blocks": [],
+        "skipped_blocks": [],
+    }
+
+
 def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOptions | None = None, **kwargs) -> ConversionResult:
-    """Convert ``model_path`` into ``output_dir``; see ConvertOptions for the knobs."""
+    """Convert ``model_path`` into ``output_dir``; see ConvertOptions for the knobs.
+
+    Bad input raises before anything is written. Once the output folder exists, a
+    verification report is always written there, saying which stage failed if one did.
+    """
+    from verify.report import write_report
+
     opts = options or ConvertOptions(**kwargs)
     started = time.perf_counter()
     model_path = Path(model_path)
@@ -110,54 +130,90 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         from mha2sha.encodings import read_encodings
 
         encodings = read_encodings(opts.encodings)
-    inputs = [model_path] + ([Path(opts.encodings)] if opts.encodings else [])
-    inputs += _external_files(loaded.model, model_path)
+    inputs = [model_path] + ([Path(opts.encodings)] if opts.encodings else []) + _external_files(loaded.model)
     out_dir = prepare_output_dir(output_dir, inputs)
-    model = loaded.model
-    split = split_model(model)
-    if not split.converted and not opts.allow_no_attention:
-        raise NoAttentionError(model_path, _no_attention_message(split.blocks))
-    conv_record = None
-    if opts.replace_linear_with_conv:
-        conv_record = linear_to_conv(model, _all_names(model.graph))
-        cleanup(model)
-    kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
-    name = opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache)
-    staged = StagedOutput(out_dir, inputs)
+    report = _base_report(model_path, opts)
+    timings: dict[str, float] = {}
+    stage = "find and split"
+    result = ConversionResult(out_dir, None, None, None, [])
     try:
-        model_file = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD)
-        mapping = name_mapping(split, conv_record)
-        with open(staged.path(MAPPING_FILE), "w") as fh:
-            json.dump(mapping, fh, indent=1, sort_keys=True)
-        encodings_file = None
-        if encodings is not None:
-            from mha2sha.encodings.propagate import propagate
+        t0 = time.perf_counter()
+        model = loaded.model
+        split = split_model(model)
+        timings["split"] = time.perf_counter() - t0
+        result.blocks = split.blocks
+        report["skipped_blocks"] = [b.as_dict() for b in split.skipped]
+        if not split.converted and not opts.allow_no_attention:
+            raise NoAttentionError(model_path, _no_attention_message(split.blocks))
+        conv_record = None
+        if opts.replace_linear_with_conv:
+            stage = "linear to conv"
+            conv_record = linear_to_conv(model, _all_names(model.graph))
+            cleanup(model)
+        kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
+        name = opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache)
+        staged = StagedOutput(out_dir, inputs)
+        try:
+            stage = "save"
+            t0 = time.perf_counter()
+            model_file = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD)
+            timings["save"] = time.perf_counter() - t0
+            mapping = name_mapping(split, conv_record)
+            with open(staged.path(MAPPING_FILE), "w") as fh:
+                json.dump(mapping, fh, indent=1, sort_keys=True)
+            encodings_file = None
+            mha_numeric = sha_numeric = None
+            if encodings is not None:
+                stage = "encodings"
+                from mha2sha.encodings import numeric_encodings, write_encodings
+                from mha2sha.encodings.propagate import propagate
 
-            sha_encodings, summary = propagate(encodings, loaded_original(model_path), model, split, conv_record)
-            encodings_file = f"{name}.encodings"
-            from mha2sha.encodings import write_encodings
+                original_model = load_model(model_path).model
+                sha_encodings, summary = propagate(encodings, original_model, model, split, conv_record)
+                report["encodings"] = summary
+                encodings_file = f"{name}.encodings"
+                write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
+                mha_numeric = numeric_encodings(encodings, original_model)
+                sha_numeric = numeric_encodings(sha_encodings, model)
+            stage = "save"
+            placed = staged.commit(last=model_file)
+        except BaseException:
+            staged.discard()
+            raise
+        result.model_path = placed.get(model_file)
+        result.encodings_path = placed.get(encodings_file) if encodings_file else None
+        result.mapping_path = placed.get(MAPPING_FILE)
+        report["model"]["converted"] = str(result.model_path)
+        report["model"]["sha_encodings"] = str(result.encodings_path) if result.encodings_path else None
+        if opts.verify and split.converted:
+            stage = "verify"
+            from verify.run import BlockSpec, verify_models
 
-            write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
-        placed = staged.commit(last=model_file)
-    except BaseException:
-        staged.discard()
+            specs = [
+                BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features))
+                for rec, b in zip(split.records, split.converted)
+            ]
+            verification = verify_models(model_path, result.model_path, specs, seed=opts.seed, end_to_end=opts.end_to_end,
+                                         weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric)
+            timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
+            report.update(verification)
+    except BaseException as exc:
+        report["failure"] = {"stage": stage, "message": str(exc) or type(exc).__name__}
+        report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        result.report_paths = write_report(report, out_dir)
         raise
-    result = ConversionResult(
-        output_dir=out_dir,
-        model_path=placed.get(model_file),
-        encodings_path=placed.get(encodings_file) if encodings_file else None,
-        mapping_path=placed.get(MAPPING_FILE),
-        blocks=split.blocks,
-        seconds=time.perf_counter() - started,
-    )
+    result.seconds = time.perf_counter() - started
+    timings["total"] = result.seconds
+    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    if opts.verify:
+        result.report_paths = write_report(report, out_dir)
+        result.report = report
+        if report["status"] != "pass":
+            (out_dir / "VERIFICATION_FAILED").write_text("The verification report lists the failing checks: verification_report.md\n")
     return result
 
 
-def loaded_original(model_path: Path) -> ir.Model:
-    return load_model(model_path).model
-
-
-def _external_files(model: ir.Model, model_path: Path) -> list[Path]:
+def _external_files(model: ir.Model) -> list[Path]:
     files = set()
     for init in model.graph.initializers.values():
         tensor = init.const_value

@@ -80,6 +80,30 @@ def _all_names(graph: ir.Graph) -> set[str]:
     return names
 
 
+def _drop_split_inputs(model: ir.Model, records: list[SplitRecord]) -> None:
+    """Put per-head cache inputs where the input they replace was, in head order, and drop
+    the replaced input once nothing reads it."""
+    splits = {name: s for r in records for name, s in r.io_splits.items() if s.kind == "input"}
+    if not splits:
+        return
+    by_name = {v.name: v for v in model.graph.inputs}
+    per_head = {n for s in splits.values() for n in s.names}
+    ordered: list[ir.Value] = []
+    for v in model.graph.inputs:
+        if v.name in per_head:
+            continue
+        split = splits.get(v.name)
+        if split is not None:
+            pieces = sorted(zip(split.indices, split.names))
+            ordered.extend(by_name[n] for _, n in pieces)
+            if v.uses():
+                ordered.append(v)
+            continue
+        ordered.append(v)
+    model.graph.inputs.clear()
+    model.graph.inputs.extend(ordered)
+
+
 def prepare(model: ir.Model) -> None:
     """Sort, fold static shape arithmetic, and infer shapes: what the analysis reads."""
     model.graph.sort()
@@ -89,8 +113,14 @@ def prepare(model: ir.Model) -> None:
         infer_shapes(model)
 
 
-def split_model(model: ir.Model, *, analyse_only: bool = False, progress=None) -> SplitResult:
-    """Find and split every attention block of ``model`` in place."""
+def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_io: bool = True, progress=None) -> SplitResult:
+    """Find and split every attention block of ``model`` in place.
+
+    ``per_head_cache_io``: KV-cache graph inputs/outputs become one tensor per kv head,
+    named ``<original>_h<kv head>`` and laid out as the original without the head axis
+    (e.g. past key [B, KV, P, D] -> past_key_h0 [B, P, D]). Otherwise the original cache
+    tensors stay and are sliced (and reassembled) inside the graph.
+    """
     prepare(model)
     graph = model.graph
     names = _all_names(graph)
@@ -116,7 +146,7 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, progress=None) -
             report.converted = True
             continue
         try:
-            records.append(split_block(graph, block, names))
+            records.append(split_block(graph, block, names, per_head_cache_io=per_head_cache_io))
             report.converted = True
         except SplitError as exc:
             report.reason = exc.reason
@@ -126,4 +156,5 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, progress=None) -
             progress(i + 1, len(anchors))
     if not analyse_only:
         cleanup(model)
+        _drop_split_inputs(model, records)
     return SplitResult(model, reports, records, blocks)

@@ -37,9 +37,13 @@ def _rename_for_replacement(value: ir.Value, names: set[str]) -> str:
     return original
 
 
-def split_block(graph: ir.Graph, block: Block, names: set[str]) -> SplitRecord:
-    """Rewrite ``block`` into per-head computation; on failure the graph is left unchanged."""
-    splitter = BlockSplitter(graph, block, names)
+def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True) -> SplitRecord:
+    """Rewrite ``block`` into per-head computation; on failure the graph is left unchanged.
+
+    With ``per_head_cache_io``, KV-cache graph inputs and outputs (graph inputs read on the
+    key/value paths, graph outputs written there) become one tensor per kv head.
+    """
+    splitter = BlockSplitter(graph, block, names, per_head_cache_io=per_head_cache_io)
     block_nodes = {id(inst.node) for inst in block.instances}
     live = _live_outside(graph, block_nodes)
     targets: list[tuple[ir.Value, list]] = []
@@ -52,8 +56,18 @@ def split_block(graph: ir.Graph, block: Block, names: set[str]) -> SplitRecord:
             seen.add(id(value))
             targets.append((value, layout))
     initializers_before = set(graph.initializers)
+    per_head_out: list[tuple[ir.Value, object]] = []
     try:
-        rebuilt = [(value, splitter.reconstruct(value, layout)) for value, layout in targets]
+        rebuilt = []
+        for value, layout in targets:
+            path = block.produced[(value, layout)][0].path
+            only_output = value.is_graph_output() and not [u for u in value.uses() if id(u.node) not in block_nodes and id(u.node) in live]
+            if per_head_cache_io and only_output and path in ("k", "v"):
+                split = splitter.per_head_outputs(value, layout)
+                if split is not None:
+                    per_head_out.append((value, split))
+                    continue
+            rebuilt.append((value, splitter.reconstruct(value, layout)))
     except (SplitError, ValueError) as exc:
         _rollback(graph, splitter, initializers_before)
         at = exc.at if isinstance(exc, SplitError) else None
@@ -70,6 +84,17 @@ def split_block(graph: ir.Graph, block: Block, names: set[str]) -> SplitRecord:
                 if out is value:
                     outputs[i] = new
         splitter.record.outputs.append(original)
+    for value, split in per_head_out:
+        outputs = graph.outputs
+        position = next(i for i, out in enumerate(outputs) if out is value)
+        pieces = [v for node in splitter.nodes for v in node.outputs if v.name in split.names]
+        by_name = {v.name: v for v in pieces}
+        outputs.pop(position)
+        for offset, name in enumerate(split.names):
+            outputs.insert(position + offset, by_name[name])
+        splitter.record.io_splits[split.original] = split
+        splitter.record.outputs.extend(split.names)
+    splitter.record.io_splits.update(splitter.io_splits)
     splitter.record.inputs = list(splitter.external_inputs)
     return splitter.record
 
@@ -80,6 +105,10 @@ def _rollback(graph: ir.Graph, splitter: BlockSplitter, initializers_before: set
         for i in range(len(node.inputs)):
             node.replace_input_with(i, None)
     graph.remove(splitter.nodes, safe=False)
+    if splitter.new_inputs:
+        kept = [v for v in graph.inputs if v not in splitter.new_inputs]
+        graph.inputs.clear()
+        graph.inputs.extend(kept)
     for name in list(graph.initializers):
         if name not in initializers_before:
             graph.initializers.pop(name)

@@ -40,6 +40,21 @@ class ParamSlice:
 
 
 @dataclass
+class IOSplit:
+    """A graph input or output replaced by one tensor per (kv) head.
+
+    Head piece ``names[i]`` is ``np.take(original, indices[i], axis=axis)`` (the axis
+    removed), so the original is ``np.stack(pieces, axis=axis)`` in this order.
+    """
+
+    original: str
+    kind: str  # "input" or "output"
+    axis: int
+    names: list[str]
+    indices: list[int]
+
+
+@dataclass
 class SplitRecord:
     """What the split did to tensor names, for encodings and verification."""
 
@@ -50,6 +65,8 @@ class SplitRecord:
     # model have: what it reads (non-constant) and what it writes (heads reassembled).
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    # Graph inputs/outputs replaced by one tensor per (kv) head (KV caches), by original name.
+    io_splits: dict[str, IOSplit] = field(default_factory=dict)
 
     def add_activation(self, original: str, piece: str) -> None:
         pieces = self.activations.setdefault(original, [])
@@ -77,8 +94,10 @@ def _same_sizes(a: Layout, b: Layout) -> bool:
 
 
 class BlockSplitter:
-    def __init__(self, graph: ir.Graph, block: Block, names: set[str]):
+    def __init__(self, graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True):
         self.graph = graph
+        self.per_head_cache_io = per_head_cache_io
+        self.io_splits: dict[str, IOSplit] = {}
         self.block = block
         self.space = block.space
         self.names = names
@@ -90,6 +109,8 @@ class BlockSplitter:
         self._new: set[ir.Node] = set()
         self._distinct_keys: dict[Layout, int] = {}
         self._int_consts: dict[tuple, ir.Value] = {}
+        self._io_values: dict[tuple[str, int], ir.Value] = {}
+        self.new_inputs: list[ir.Value] = []
         self.external_inputs: dict[str, None] = {}  # non-constant tensors the new nodes read
 
     # -- naming ----------------------------------------------------------------------
@@ -202,6 +223,11 @@ class BlockSplitter:
         if all(idx is None and not rm for idx, rm in sel):
             self._set_piece(value, layout, head, value, keep_rank)
             return
+        if self.per_head_cache_io and leaf.path in ("k", "v") and value.is_graph_input() and not keep_rank:
+            piece = self._cache_input(value, sel, head)
+            if piece is not None:
+                self._set_piece(value, layout, head, piece, keep_rank)
+                return
         arr = const_array(value)
         if arr is not None:
             for axis in range(len(sel) - 1, -1, -1):
@@ -238,6 +264,27 @@ class BlockSplitter:
             self._node("Squeeze", [current, self._ints(tag, "axes", removed_axes)], None, f"{self.block.name}.{tag}.Squeeze", [out])
             current = out
         self._set_piece(value, layout, head, current, keep_rank)
+
+    def _cache_input(self, value: ir.Value, sel, head: int) -> ir.Value | None:
+        """A new graph input holding one kv head's cache, in place of slicing the whole."""
+        heads = [(axis, idx) for axis, (idx, removed) in enumerate(sel) if idx is not None or removed]
+        if len(heads) != 1 or heads[0][1] is None or len(heads[0][1]) != 1 or not sel[heads[0][0]][1]:
+            return None
+        axis, (index,) = heads[0][0], heads[0][1]
+        split = self.io_splits.setdefault(value.name, IOSplit(value.name, "input", axis, [], []))
+        if index in split.indices:
+            return self._io_values[(value.name, index)]
+        name = self._unique(f"{value.name}_h{index}")
+        v = ir.Value(name=name)
+        v.dtype = value.dtype
+        if value.shape is not None:
+            v.shape = ir.Shape([d for i, d in enumerate(value.shape) if i != axis])
+        self.graph.inputs.append(v)
+        self.new_inputs.append(v)
+        split.names.append(name)
+        split.indices.append(index)
+        self._io_values[(value.name, index)] = v
+        return v
 
     def _record_const(self, value: ir.Value, piece: ir.Value, layout: Layout, sel) -> None:
         shape = tuple(int(d) for d in const_tensor(value).shape)
@@ -567,6 +614,42 @@ class BlockSplitter:
         return results
 
     # -- putting heads back together -------------------------------------------------
+    def per_head_outputs(self, value: ir.Value, layout: Layout) -> IOSplit | None:
+        """Expose one graph output per (kv) head instead of reassembling the whole."""
+        carrying = [i for i, ax in enumerate(layout) if any(not a.broadcast for a in head_atoms((ax,), self.space))]
+        _, removed = per_head_layout(layout, self.space)
+        if len(carrying) != 1 or carrying != removed:
+            return None
+        axis = carrying[0]
+        split = IOSplit(value.name, "output", axis, [], [])
+        seen: set[tuple[int, ...]] = set()
+        for h in range(self.space.num_heads):
+            k = key_of(layout, self.space, h)
+            if k in seen:
+                continue
+            seen.add(k)
+            index = axis_indices(layout[axis], self.space, h)[0]
+            piece = self.piece(value, layout, h)
+            name = self._unique(f"{value.name}_h{index}")
+            if piece.producer() in self._new and not piece.is_graph_output():
+                # The head's tensor itself becomes the output, under the output's name.
+                for pieces in self.record.activations.values():
+                    if piece.name in pieces:
+                        pieces[pieces.index(piece.name)] = name
+                piece.name = name
+                out = piece
+            else:
+                out = self._value(name, value)
+                self._node("Identity", [piece], None, f"{self.block.name}.{name}.output", [out])
+            if value.shape is not None:
+                out.shape = ir.Shape([d for i, d in enumerate(value.shape) if i != axis])
+            split.names.append(name)
+            split.indices.append(index)
+        order = sorted(range(len(split.indices)), key=lambda i: split.indices[i])
+        split.names = [split.names[i] for i in order]
+        split.indices = [split.indices[i] for i in order]
+        return split
+
     def reconstruct(self, value: ir.Value, layout: Layout) -> ir.Value:
         """Concatenate the heads' pieces into a tensor equal to the original ``value``."""
         carrying = [i for i, ax in enumerate(layout) if head_atoms((ax,), self.space) and any(not a.broadcast for a in head_atoms((ax,), self.space))]

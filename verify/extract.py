@@ -1,0 +1,90 @@
+"""Cut a standalone model out of a larger one: the nodes between named inputs and outputs.
+
+Used to verify one attention block at a time, whatever the size of the whole model: only
+the block's weights are read.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+
+
+class ExtractError(ValueError):
+    pass
+
+
+def _value_map(graph: ir.Graph) -> dict[str, ir.Value]:
+    values: dict[str, ir.Value] = {}
+    for v in graph.inputs:
+        values[v.name] = v
+    for v in graph.initializers.values():
+        values[v.name] = v
+    for node in graph:
+        for out in node.outputs:
+            if out.name:
+                values[out.name] = out
+    return values
+
+
+def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+    """A model computing ``outputs`` from ``inputs`` (and the constants they need).
+
+    Graph inputs reached on the way that are not listed become inputs too (a block may read
+    e.g. a position input directly); the caller reads the extracted model's inputs.
+    """
+    graph = model.graph
+    values = _value_map(graph)
+    stop = set(inputs)
+    missing = [n for n in outputs if n not in values]
+    if missing:
+        raise ExtractError(f"outputs not in the model: {missing}")
+    needed_nodes: dict[int, ir.Node] = {}
+    needed_inits: dict[str, ir.Value] = {}
+    extra_inputs: dict[str, ir.Value] = {}
+    stack = [values[n] for n in outputs]
+    seen: set[int] = set()
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if v.name in stop:
+            continue
+        if v.is_initializer() or (v.const_value is not None and v.producer() is None):
+            needed_inits[v.name] = v
+            continue
+        node = v.producer()
+        if node is None:
+            extra_inputs[v.name] = v
+            continue
+        needed_nodes[id(node)] = node
+        stack.extend(i for i in node.inputs if i is not None)
+    order = [n for n in graph if id(n) in needed_nodes]
+    proto_nodes = [ir.serde.serialize_node(n) for n in order]
+    proto_inits = [ir.serde.serialize_tensor(v.const_value) for v in needed_inits.values()]
+    for t, v in zip(proto_inits, needed_inits.values()):
+        t.name = v.name
+    used = {name for n in proto_nodes for name in n.input}
+    input_infos = []
+    for name in list(inputs) + list(extra_inputs):
+        if name not in used and name not in outputs:
+            continue
+        v = values.get(name)
+        if v is None:
+            raise ExtractError(f"input {name!r} is not in the model")
+        input_infos.append(_value_info(v))
+    output_infos = [_value_info(values[n]) for n in outputs]
+    g = onnx.helper.make_graph(proto_nodes, "block", input_infos, output_infos, proto_inits)
+    opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
+    out = onnx.helper.make_model(g, opset_imports=opsets)
+    out.ir_version = model.ir_version
+    return out
+
+
+def _value_info(v: ir.Value) -> onnx.ValueInfoProto:
+    dtype = v.dtype if v.dtype is not None else ir.DataType.FLOAT
+    shape = None
+    if v.shape is not None:
+        shape = [d if isinstance(d, int) else (d.value if isinstance(getattr(d, "value", None), str) else None) for d in v.shape]
+    return onnx.helper.make_tensor_value_info(v.name, int(dtype), shape)

@@ -1,0 +1,123 @@
+"""Seeded random inputs of the right shapes, dtypes and value ranges.
+
+Symbolic dimensions get concrete values by name, the same value wherever the name appears;
+names written as expressions by symbolic shape inference ("past + seq") are evaluated.
+Distinct small primes are used so that no two unrelated dimensions coincide (a head dim
+equal to a sequence length hides transposition bugs).
+
+Value ranges follow how an input is used, not its name: an integer input that indexes a
+constant table (token ids, positions) stays inside the table; other integer inputs are
+0/1 masks with at least one 1 per row; boolean inputs are masks with at least one True
+per row; float inputs are standard normal.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+_PRIMES = [3, 5, 7, 11, 13, 17, 19, 23, 29, 31]
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv, ast.Div: operator.floordiv}
+
+
+class FeedError(ValueError):
+    pass
+
+
+@dataclass
+class DimAssigner:
+    """Concrete values for symbolic dimensions."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    batch: int = 2
+
+    def resolve(self, dim, position: int) -> int:
+        if isinstance(dim, int):
+            return dim
+        if dim is None or dim == "":
+            raise FeedError("an input has a dimension with no name and no value")
+        if dim in self.values:
+            return self.values[dim]
+        if any(c in dim for c in "+-*/"):
+            return self._evaluate(dim)
+        value = self.batch if position == 0 and not self.values else _PRIMES[len(self.values) % len(_PRIMES)]
+        self.values[dim] = value
+        return value
+
+    def _evaluate(self, expr: str) -> int:
+        tree = ast.parse(expr, mode="eval").body
+
+        def ev(node):
+            if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+                return _OPS[type(node.op)](ev(node.left), ev(node.right))
+            if isinstance(node, ast.Constant) and isinstance(node.value, int):
+                return node.value
+            if isinstance(node, ast.Name):
+                return self.resolve(node.id, 1)
+            raise FeedError(f"cannot evaluate dimension {expr!r}")
+
+        return int(ev(tree))
+
+
+def _dims(info: onnx.ValueInfoProto) -> list:
+    shape = info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
+
+
+def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """For inputs used as Gather indices into a constant table: the table's size."""
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    inits[node.output[0]] = list(a.t.dims)
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in inits:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            size = inits[node.input[0]][axis]
+            bounds[node.input[1]] = min(bounds.get(node.input[1], size), size)
+        if node.op_type == "RotaryEmbedding" and len(node.input) > 3 and node.input[3] and node.input[1] in inits:
+            bounds[node.input[3]] = inits[node.input[1]][0]
+    return bounds
+
+
+def random_feeds(model: onnx.ModelProto, *, seed: int, dims: DimAssigner | None = None, overrides: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Random values for every graph input of ``model`` that is not an initializer."""
+    dims = dims or DimAssigner()
+    rng = np.random.default_rng(seed)
+    init_names = {t.name for t in model.graph.initializer}
+    bounds = _index_bounds(model)
+    feeds: dict[str, np.ndarray] = {}
+    for info in model.graph.input:
+        if info.name in init_names:
+            continue
+        if overrides and info.name in overrides:
+            feeds[info.name] = overrides[info.name]
+            continue
+        elem = info.type.tensor_type.elem_type
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        shape = [dims.resolve(d, i) for i, d in enumerate(_dims(info))]
+        feeds[info.name] = _values(rng, shape, np_dtype, bounds.get(info.name))
+    return feeds
+
+
+def _values(rng: np.random.Generator, shape: list[int], dtype, bound: int | None) -> np.ndarray:
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == np.bool_:
+        mask = rng.random(shape) < 0.7
+        if mask.ndim:
+            mask[..., -1] = True
+        return mask
+    if bound is not None:
+        return rng.integers(0, max(bound, 1), shape).astype(dtype)
+    mask = (rng.random(shape) < 0.8).astype(dtype)
+    if mask.ndim:
+        mask[..., -1] = 1
+    return mask

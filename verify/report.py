@@ -1,0 +1,107 @@
+"""The verification report: JSON for machines, Markdown for people, a short verdict table."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from verify.compare import __doc__ as TOLERANCE_RULE
+
+REPORT_JSON = "verification_report.json"
+REPORT_MD = "verification_report.md"
+
+
+def overall_status(report: dict) -> str:
+    if report.get("failure"):
+        return "fail"
+    if any(b["status"] != "pass" for b in report.get("blocks", [])):
+        return "fail"
+    if report.get("end_to_end", {}).get("status") == "fail":
+        return "fail"
+    if not report.get("blocks"):
+        return "fail"
+    return "pass"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
+    report["status"] = overall_status(report)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / REPORT_JSON, "md": out_dir / REPORT_MD}
+    _atomic_write(paths["json"], json.dumps(report, indent=1, sort_keys=False, default=str))
+    _atomic_write(paths["md"], markdown(report))
+    return paths
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    return str(x)
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Verification report: {report.get('status', '?').upper()}", ""]
+    model = report.get("model", {})
+    for key in ("original", "converted", "encodings", "sha_encodings"):
+        if model.get(key):
+            lines.append(f"- {key}: `{model[key]}`")
+    lines.append(f"- seed: {report.get('seed')}")
+    if report.get("failure"):
+        f = report["failure"]
+        lines += ["", f"**Conversion failed at stage `{f.get('stage')}`**: {f.get('message')}"]
+    lines += ["", "## Blocks", "", "| block | heads | kv heads | head dim | status | worst check | max abs | tolerance |", "|---|---|---|---|---|---|---|---|"]
+    for b in report.get("blocks", []):
+        worst = max(b["checks"], key=lambda c: (not c["passed"], c["max_abs"] / c["tolerance"] if c["tolerance"] not in (0, float("inf")) else 0), default=None)
+        lines.append(f"| {b['name']} | {b['heads']} | {b['kv_heads']} | {b['head_dim']} | {b['status']} | {worst['check'] if worst else b.get('error', '')} | {_fmt(worst['max_abs']) if worst else ''} | {_fmt(worst['tolerance']) if worst else ''} |")
+    failing = [(b["name"], c) for b in report.get("blocks", []) for c in b["checks"] if not c["passed"]]
+    errors = [(b["name"], b["error"]) for b in report.get("blocks", []) if b.get("error")]
+    if failing or errors:
+        lines += ["", "### Failed checks", ""]
+        lines += [f"- {name}: `{c['check']}` on `{c['output']}`: max abs {_fmt(c['max_abs'])} > tolerance {_fmt(c['tolerance'])} {c['note']}" for name, c in failing]
+        lines += [f"- {name}: {err}" for name, err in errors]
+    skipped = report.get("skipped_blocks", [])
+    lines += ["", "## Softmaxes not converted", ""]
+    lines += [f"- {s['name']} {s['anchor']}: {s['reason']}" + (f" (stopped at {s['stopped_at']})" if s.get("stopped_at") else "") for s in skipped] or ["none"]
+    e2e = report.get("end_to_end")
+    if e2e:
+        lines += ["", f"## End to end: {e2e.get('status')}", ""]
+        if e2e.get("reason"):
+            lines.append(e2e["reason"])
+        for c in e2e.get("checks", []):
+            lines.append(f"- `{c['check']}` `{c['output']}`: max abs {_fmt(c['max_abs'])}, tolerance {_fmt(c['tolerance'])}, {'pass' if c['passed'] else 'FAIL'}")
+    enc = report.get("encodings")
+    if enc:
+        lines += ["", "## Encodings", ""]
+        for k, v in enc.items():
+            if isinstance(v, list):
+                lines.append(f"- {k}: {len(v)}" + (f" ({', '.join(map(str, v[:8]))}{'...' if len(v) > 8 else ''})" if v else ""))
+            else:
+                lines.append(f"- {k}: {v}")
+    timings = report.get("timings")
+    if timings:
+        lines += ["", "## Timings (s)", ""] + [f"- {k}: {_fmt(v)}" for k, v in timings.items()]
+    lines += ["", "## Tolerance rule", "", TOLERANCE_RULE.strip(), ""]
+    return "\n".join(lines)
+
+
+def verdict_table(report: dict) -> str:
+    rows = []
+    for b in report.get("blocks", []):
+        checks = b["checks"]
+        worst = max((c["max_abs"] / c["tolerance"] for c in checks if c["tolerance"] not in (0, float("inf"))), default=0.0)
+        rows.append(f"  {b['name']:<10} {b['status']:<5} worst error/tolerance {worst:.3g}" + (f"  {b['error']}" if b.get("error") else ""))
+    e2e = report.get("end_to_end", {})
+    rows.append(f"  end-to-end {e2e.get('status', 'n/a')}" + (f" ({e2e['reason']})" if e2e.get("reason") else ""))
+    return "verification:\n" + "\n".join(rows) + f"\n  overall: {report.get('status', '?').upper()}"

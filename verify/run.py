@@ -1,0 +1,289 @@
+"""Three-way verification of a conversion: per block, end to end, and simulated quantization.
+
+Per block (always, whatever the model size): the block is cut out of the original and of
+the converted model by the tensor names both share (what it reads, what it writes), fed
+seeded random inputs (or the real values the whole model produces, when it fits in
+memory), and evaluated four ways:
+
+    truth      refimpl, float64, original block          (independent of onnxruntime)
+    mha_ort    onnxruntime, float32, original block      (sets the float32 error budget)
+    sha_ort    onnxruntime, float32, converted block     must be within the budget
+    sha_ref    refimpl, float32, converted block         must be within the budget
+    sha_f64    refimpl, float64, converted block         must equal the truth to 1e-9
+
+With encodings, both blocks are also run with every encoded tensor fake-quantized (AIMET
+arithmetic, float64); they must agree to a small fraction of one quantization step.
+End to end: the whole model, original vs converted, in onnxruntime, when it fits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from verify.compare import FLOAT64_RTOL, Comparison, compare, float32_tolerance, scale_of
+from verify.extract import extract
+from verify.feeds import DimAssigner, random_feeds
+
+log = logging.getLogger("mha2sha.verify")
+
+# End-to-end runs only when both models comfortably fit: this share of physical memory.
+_E2E_MEMORY_SHARE = 0.35
+_CAPTURE_LIMIT_BYTES = 1_500_000_000  # serialized original model size for capturing block inputs
+_E2E_TRUTH_LIMIT_BYTES = 300_000_000  # refimpl float64 of the whole model only for small ones
+
+
+@dataclass
+class BlockSpec:
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    heads: int | None = None
+    kv_heads: int | None = None
+    head_dim: int | None = None
+    features: dict = field(default_factory=dict)
+
+
+@dataclass
+class BlockResult:
+    spec: BlockSpec
+    checks: list[Comparison] = field(default_factory=list)
+    error: str = ""
+    feeds_from: str = "random"
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and all(self.checks)
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.spec.name,
+            "heads": self.spec.heads,
+            "kv_heads": self.spec.kv_heads,
+            "head_dim": self.spec.head_dim,
+            "features": self.spec.features,
+            "status": "pass" if self.passed else "fail",
+            "feeds": self.feeds_from,
+            "error": self.error,
+            "checks": [c.as_dict() for c in self.checks],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def _run_ort(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = _session(model)
+    names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    return dict(zip(names, values))
+
+
+def _float_outputs(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in values.items() if np.issubdtype(np.asarray(v).dtype, np.floating)}
+
+
+def _block_feeds(mha: onnx.ModelProto, sha: onnx.ModelProto, captured: dict[str, np.ndarray] | None, seed: int, dims: DimAssigner) -> tuple[dict, str]:
+    names = {i.name for i in mha.graph.input} | {i.name for i in sha.graph.input}
+    if captured is not None and names <= set(captured):
+        return {n: captured[n] for n in names}, "captured"
+    feeds = random_feeds(mha, seed=seed, dims=dims, overrides=captured)
+    feeds.update({k: v for k, v in random_feeds(sha, seed=seed, dims=dims, overrides=feeds).items() if k not in feeds})
+    return feeds, "random"
+
+
+def verify_block(original: ir.Model, converted: ir.Model, spec: BlockSpec, *, seed: int, dims: DimAssigner,
+                 captured: dict[str, np.ndarray] | None = None, mha_encodings=None, sha_encodings=None) -> BlockResult:
+    import refimpl
+
+    result = BlockResult(spec)
+    started = time.perf_counter()
+    try:
+        mha = extract(original, spec.inputs, spec.outputs)
+        sha = extract(converted, spec.inputs, spec.outputs)
+        feeds, result.feeds_from = _block_feeds(mha, sha, captured, seed, dims)
+        truth = _float_outputs(refimpl.run(mha, feeds, dtype=np.float64))
+        mha_ort = _run_ort(mha, feeds)
+        sha_ort = _run_ort(sha, feeds)
+        sha_ref = refimpl.run(sha, feeds, dtype=np.float32)
+        sha_f64 = refimpl.run(sha, feeds, dtype=np.float64)
+        for name, t in truth.items():
+            scale = scale_of(t)
+            mha_err = compare("mha_ort_vs_truth", name, mha_ort[name], t, float("inf"))
+            tol = float32_tolerance(mha_err.max_abs if np.isfinite(mha_err.max_abs) else 0.0, scale)
+            result.checks.append(compare("sha_ort_vs_truth", name, sha_ort[name], t, tol))
+            result.checks.append(compare("sha_refimpl_vs_truth", name, sha_ref[name], t, tol))
+            result.checks.append(compare("sha_float64_vs_truth", name, sha_f64[name], t, FLOAT64_RTOL * max(scale, 1e-30)))
+            mha_err.tolerance = tol
+            mha_err.passed = True
+            mha_err.note = "sets the float32 error budget"
+            result.checks.append(mha_err)
+        if mha_encodings is not None and sha_encodings is not None:
+            result.checks.extend(_quant_sim(mha, sha, feeds, mha_encodings, sha_encodings))
+    except Exception as exc:  # noqa: BLE001 - a block that cannot be verified is a failed block
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _quant_sim(mha, sha, feeds, mha_enc, sha_enc) -> list[Comparison]:
+    import refimpl
+
+    mha_names = _tensor_names(mha)
+    sha_names = _tensor_names(sha)
+    q_mha = refimpl.run(mha, feeds, dtype=np.float64, encodings={k: v for k, v in mha_enc.items() if k in mha_names})
+    q_sha = refimpl.run(sha, feeds, dtype=np.float64, encodings={k: v for k, v in sha_enc.items() if k in sha_names})
+    checks = []
+    for name, expected in _float_outputs(q_mha).items():
+        enc = mha_enc.get(name)
+        step = float(np.max(enc.scale)) if enc is not None and getattr(enc, "dtype", "int") == "int" else None
+        if step is None:
+            step = max(scale_of(expected), 1e-30) * 2.0**-8
+            note = "no output encoding: step taken as 2^-8 of the output range"
+        else:
+            note = "tolerance in units of the output's quantization step"
+        c = compare("quant_sim_sha_vs_mha", name, q_sha[name], expected, 0.5 * step, note)
+        c.note += f"; largest disagreement {c.max_abs / step:.3g} steps"
+        checks.append(c)
+    return checks
+
+
+def _tensor_names(model: onnx.ModelProto) -> set[str]:
+    names = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
+    for n in model.graph.node:
+        names.update(n.output)
+    return names
+
+
+def capture_block_inputs(original_path: Path, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Run the whole original model once and keep the tensors the blocks read."""
+    try:
+        proto = onnx.load(str(original_path), load_external_data=True)
+    except Exception as exc:  # noqa: BLE001
+        log.info("cannot load the original model for capture: %s", exc)
+        return None
+    if proto.ByteSize() > _CAPTURE_LIMIT_BYTES:
+        return None
+    model = ir.serde.deserialize_model(proto)
+    from mha2sha.passes.shapes import infer_shapes
+
+    infer_shapes(model)
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    values.update({v.name: v for v in model.graph.inputs})
+    existing = {o.name for o in model.graph.outputs}
+    for n in names:
+        v = values.get(n)
+        if v is not None and n not in existing and not v.is_graph_input():
+            model.graph.outputs.append(v)
+    try:
+        out = _run_ort(ir.serde.serialize_model(model), feeds)
+    except Exception as exc:  # noqa: BLE001
+        log.info("capture run failed: %s", exc)
+        return None
+    out.update(feeds)
+    return out
+
+
+def verify_end_to_end(original_path: Path, converted_path: Path, feeds: dict[str, np.ndarray], weight_bytes: int) -> dict:
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 << 30
+    needed = 3 * weight_bytes
+    if needed > _E2E_MEMORY_SHARE * total:
+        return {"status": "skipped", "reason": f"the two models need about {needed / 2**30:.1f} GiB, more than {_E2E_MEMORY_SHARE:.0%} of this machine's {total / 2**30:.1f} GiB"}
+    started = time.perf_counter()
+    try:
+        mha = _run_ort(original_path, feeds)
+        sha = _run_ort(converted_path, feeds)
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "fail", "reason": f"{type(exc).__name__}: {exc}", "checks": []}
+    checks: list[Comparison] = []
+    truth = None
+    if weight_bytes <= _E2E_TRUTH_LIMIT_BYTES:
+        import refimpl
+
+        try:
+            truth = _float_outputs(refimpl.run(str(original_path), feeds, dtype=np.float64))
+        except Exception as exc:  # noqa: BLE001 - fall back to the documented ORT-vs-ORT rule
+            log.info("float64 truth of the whole model unavailable: %s", exc)
+    for name, expected in _float_outputs(mha).items():
+        if truth is not None and name in truth:
+            t = truth[name]
+            mha_err = compare("e2e_mha_ort_vs_truth", name, expected, t, float("inf"))
+            tol = float32_tolerance(mha_err.max_abs, scale_of(t))
+            checks.append(compare("e2e_sha_ort_vs_truth", name, sha[name], t, tol))
+            mha_err.tolerance, mha_err.passed, mha_err.note = tol, True, "sets the float32 error budget"
+            checks.append(mha_err)
+        else:
+            tol = 1e-4 * max(scale_of(expected), 1e-30)
+            checks.append(compare("e2e_sha_ort_vs_mha_ort", name, sha[name], expected, tol, "model too large for a float64 truth: 1e-4 of the output range"))
+    return {
+        "status": "pass" if all(checks) else "fail",
+        "checks": [c.as_dict() for c in checks],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _graph_proto(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path), load_external_data=False)
+
+
+def verify_models(original_path: Path, converted_path: Path, specs: list[BlockSpec], *, seed: int = 42,
+                  end_to_end: bool = True, weight_bytes: int = 0, mha_encodings=None, sha_encodings=None,
+                  progress=None) -> dict:
+    """Verify every block in ``specs`` and, if asked and possible, the whole model."""
+    from mha2sha.graph.io import load_model
+    from mha2sha.passes.shapes import infer_shapes
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    original = load_model(original_path).model
+    infer_shapes(original)
+    converted = load_model(converted_path).model
+    infer_shapes(converted)
+    dims = DimAssigner()
+    graph_feeds = random_feeds(_graph_proto(original_path), seed=seed, dims=dims)
+    t0 = time.perf_counter()
+    names = sorted({n for s in specs for n in s.inputs})
+    captured = capture_block_inputs(original_path, names, graph_feeds) if weight_bytes <= _CAPTURE_LIMIT_BYTES else None
+    timings["capture"] = time.perf_counter() - t0
+    blocks = []
+    t0 = time.perf_counter()
+    for i, spec in enumerate(specs):
+        blocks.append(verify_block(original, converted, spec, seed=seed + i, dims=dims, captured=captured,
+                                   mha_encodings=mha_encodings, sha_encodings=sha_encodings).as_dict())
+        if progress is not None:
+            progress(i + 1, len(specs))
+    timings["blocks"] = time.perf_counter() - t0
+    if end_to_end:
+        t0 = time.perf_counter()
+        e2e = verify_end_to_end(original_path, converted_path, graph_feeds, weight_bytes)
+        timings["end_to_end"] = time.perf_counter() - t0
+    else:
+        e2e = {"status": "skipped", "reason": "end-to-end run disabled (--no-verification)"}
+    timings["total"] = time.perf_counter() - started
+    return {
+        "seed": seed,
+        "dims": dict(dims.values),
+        "blocks": blocks,
+        "end_to_end": e2e,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
