@@ -113,13 +113,14 @@ def prepare(model: ir.Model) -> None:
         infer_shapes(model)
 
 
-def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_io: bool = True, progress=None) -> SplitResult:
+def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_io: bool = True, heads_per_block: int = 1, progress=None) -> SplitResult:
     """Find and split every attention block of ``model`` in place.
 
     ``per_head_cache_io``: KV-cache graph inputs/outputs become one tensor per kv head,
     named ``<original>_h<kv head>`` and laid out as the original without the head axis
     (e.g. past key [B, KV, P, D] -> past_key_h0 [B, P, D]). Otherwise the original cache
     tensors stay and are sliced (and reassembled) inside the graph.
+    ``heads_per_block`` (AR-M): each N-head block becomes N/M blocks of M heads.
     """
     prepare(model)
     graph = model.graph
@@ -133,7 +134,7 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_i
         report = BlockReport(name, describe(anchor), converted=False)
         reports.append(report)
         try:
-            block = analyze(name, anchor)
+            block = analyze(name, anchor, heads_per_block)
         except BlockError as exc:
             report.reason = exc.reason
             report.stopped_at = describe(exc.at) if exc.at is not None else ""

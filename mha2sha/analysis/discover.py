@@ -405,22 +405,50 @@ def _features(walker: _Walker, space: HeadSpace) -> dict[str, str]:
     }
 
 
-def _finish(name: str, anchor: ir.Node, walker: _Walker, space: HeadSpace, outputs: list[ValueKey]) -> Block:
+def _grouped(space: HeadSpace, group: int, anchor: ir.Node) -> HeadSpace:
+    """The block's split space for ``group`` heads per block (AR-M), or a clear refusal."""
+    if group == 1:
+        return space
+    heads = space.num_heads
+    if heads % group:
+        raise BlockError(f"--build-ar {group} does not divide the {heads} heads of this block (AR is the heads per block; to change tokens per step use --ar-tokens)", anchor)
+    try:
+        return space.grouped(group)
+    except ValueError as exc:
+        raise BlockError(str(exc), anchor) from None
+
+
+def _kv_heads(walker: _Walker, space: HeadSpace) -> int:
+    keys = set()
+    boundaries = [(p.layout, p.path) for p in walker.projections.values()] + [(l.layout, l.path) for l in walker.leaves.values()]
+    for layout, path in boundaries:
+        if path != "k":
+            continue
+        atoms = [a for a in head_atoms(layout, space) if not a.broadcast]
+        if atoms:
+            for h in range(space.num_heads):
+                keys.add(tuple(space.index(a, h) for a in atoms))
+    return len(keys) if keys else 1
+
+
+def _finish(name: str, anchor: ir.Node, walker: _Walker, heads: HeadSpace, space: HeadSpace, outputs: list[ValueKey]) -> Block:
+    """``heads``: one query head per piece (for reporting); ``space``: how the block is split."""
     _check(walker, space)
-    if space.num_heads < 2:
+    if heads.num_heads < 2:
         raise BlockError("the attention has a single head: nothing to split", anchor)
-    kv_keys = set()
+    if space.num_heads < 2:
+        raise BlockError(f"--build-ar {space.group} keeps the block whole", anchor)
+    num_kv = _kv_heads(walker, heads)
+    if space.group > 1 and num_kv < heads.num_heads:
+        group_size = heads.num_heads // num_kv
+        if space.group % group_size and group_size % space.group:
+            raise BlockError(f"--build-ar {space.group}: a block of {space.group} query heads must cover whole kv groups of {group_size} or share one", anchor)
     head_dim = None
     for proj in walker.projections.values():
-        heads = [a for a in head_atoms((proj.layout[proj.channel],), space) if not a.broadcast]
-        if proj.path == "k":
-            for h in range(space.num_heads):
-                kv_keys.add(tuple(space.index(a, h) for a in heads))
         if proj.path == "q" and head_dim is None:
-            per_head, _ = per_head_layout(proj.layout, space)
+            per_head, _ = per_head_layout(proj.layout, heads)
             size = per_head[proj.channel].size
             head_dim = size if isinstance(size, int) else None
-    num_kv = len(kv_keys) if kv_keys else space.num_heads
     # Keep only the nodes that carry heads; the others stay shared and feed the block.
     kept = [inst for inst in walker.instances if any(head_atoms(l, space) for l in inst.outputs.values())]
     kept_ids = {id(i) for i in kept}
@@ -441,14 +469,14 @@ def _finish(name: str, anchor: ir.Node, walker: _Walker, space: HeadSpace, outpu
         leaves=leaves,
         produced=produced,
         merges=outs,
-        num_heads=space.num_heads,
+        num_heads=heads.num_heads,
         num_kv_heads=num_kv,
         head_dim=head_dim,
-        features=_features(walker, space),
+        features=_features(walker, heads),
     )
 
 
-def analyze_softmax(name: str, softmax: ir.Node) -> Block:
+def analyze_softmax(name: str, softmax: ir.Node, group: int = 1) -> Block:
     scores, probs = softmax.inputs[0], softmax.outputs[0]
     sd = dims(scores)
     if sd is None:
@@ -491,12 +519,13 @@ def analyze_softmax(name: str, softmax: ir.Node) -> Block:
                 walker.leaf(inp, lay, "probs")
     walker.up(pv.inputs[1], res.inputs[1], "v")
     walker.up(scores, layout, "scores")
-    space = _head_space(walker, softmax)
+    heads = _head_space(walker, softmax)
+    space = _grouped(heads, group, softmax)
     merge = _walk_down(walker, pv.outputs[0], o_layout, space)
-    return _finish(name, softmax, walker, space, [merge])
+    return _finish(name, softmax, walker, heads, space, [merge])
 
 
-def analyze_attention_op(name: str, node: ir.Node) -> Block:
+def analyze_attention_op(name: str, node: ir.Node, group: int = 1) -> Block:
     q, k, v = node.inputs[0], node.inputs[1], node.inputs[2]
     qd, kd = dims(q), dims(k)
     if qd is None or kd is None:
@@ -565,10 +594,12 @@ def analyze_attention_op(name: str, node: ir.Node) -> Block:
             walker.up(inp, lay, path)
         else:
             walker.leaf(inp, lay, path)
-    space = HeadSpace(((1, 1, heads),))
+    head_space = HeadSpace(((1, 1, heads),))
+    space = _grouped(head_space, group, node)
+    if group > 1:
+        raise BlockError("--build-ar > 1 is not supported for the opset-23 Attention op yet", node)
     merge = _walk_down(walker, node.outputs[0], ly, space)
-    merges = [merge]
-    return _finish(name, node, walker, space, merges)
+    return _finish(name, node, walker, head_space, space, [merge])
 
 
 def find_anchors(graph: ir.Graph) -> list[ir.Node]:
@@ -581,14 +612,12 @@ def find_anchors(graph: ir.Graph) -> list[ir.Node]:
     ]
 
 
-def analyze(name: str, anchor: ir.Node) -> Block:
+def analyze(name: str, anchor: ir.Node, group: int = 1) -> Block:
+    """Analyse one attention core; ``group`` is the number of heads per block after the
+    split (1 = single-head attention, AR-M otherwise)."""
     if anchor.op_type == "Attention":
-        return analyze_attention_op(name, anchor)
-    return analyze_softmax(name, anchor)
-
-
-def unused(_: object) -> None:  # pragma: no cover - keeps linters quiet about re-exports
-    del _
+        return analyze_attention_op(name, anchor, group)
+    return analyze_softmax(name, anchor, group)
 
 
 __all__ = ["Block", "Skipped", "BlockError", "analyze", "find_anchors", "Instance", "Projection", "Leaf", "const_array"]

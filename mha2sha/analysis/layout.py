@@ -140,6 +140,7 @@ class HeadSpace:
     """
 
     digits: tuple[tuple[int, int, int], ...]
+    group: int = 1
     by_root: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
     _refined: dict[Atom, tuple[Atom, ...]] = field(default_factory=dict, repr=False)
     _heads_of: dict[Layout, list[Atom]] = field(default_factory=dict, repr=False)
@@ -152,7 +153,32 @@ class HeadSpace:
 
     @property
     def num_heads(self) -> int:
+        """How many pieces the block is split into (heads, or groups of ``group`` heads)."""
         return math.prod(mod for _, _, mod in self.digits)
+
+    def grouped(self, group: int) -> HeadSpace:
+        """The space whose 'heads' are groups of ``group`` consecutive query heads (AR-M).
+
+        The lowest digits of the head index, worth ``group``, become free: a group keeps a
+        head axis of that size. Raises ValueError when ``group`` is not a whole number of
+        the least significant head digits (or an exact part of one).
+        """
+        if group == 1:
+            return self
+        digits = list(self.digits)
+        remaining = group
+        while remaining > 1:
+            if not digits:
+                raise ValueError(f"{group} heads per block does not divide the {self.num_heads} heads")
+            root, div, mod = digits.pop()
+            if remaining % mod == 0:
+                remaining //= mod
+            elif mod % remaining == 0:
+                digits.append((root, div * remaining, mod // remaining))
+                remaining = 1
+            else:
+                raise ValueError(f"{group} heads per block does not divide the {self.num_heads} heads")
+        return HeadSpace(tuple(digits), group=group)
 
     def root_indices(self, head: int) -> dict[int, int]:
         """Head ``head``'s contribution to each root's index."""

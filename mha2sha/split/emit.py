@@ -130,8 +130,9 @@ class BlockSplitter:
         if count is None:
             count = len({key_of(layout, self.space, h) for h in range(self.space.num_heads)})
             self._distinct_keys[layout] = count
+        prefix = "h" if self.space.group == 1 else "g"  # a head, or a group of heads (AR-M)
         if count == self.space.num_heads:
-            return f"h{head}"
+            return f"{prefix}{head}"
         return "kv" + "_".join(str(k) for k in key)
 
     def _name(self, tag: str, original: str | None, fallback: str) -> str:
