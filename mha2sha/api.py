@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from mha2sha.errors import EXIT_NO_ATTENTION, EXIT_OK, EXIT_VERIFICATION_FAILED, NoAttentionError
+from mha2sha.errors import EXIT_NO_ATTENTION, EXIT_OK, EXIT_VERIFICATION_FAILED, InputError, NoAttentionError
 from mha2sha.graph.io import EXTERNAL_DATA_THRESHOLD, StagedOutput, load_model, prepare_output_dir, save_model
 from mha2sha.passes.cleanup import cleanup
 from mha2sha.passes.linear_to_conv import ConvRecord, linear_to_conv
@@ -39,6 +39,10 @@ class ConvertOptions:
     allow_no_attention: bool = False
     seed: int = 42
     progress: bool = False
+    heads_per_block: int = 1
+    per_head_cache_io: bool = True
+    create_input_lists: bool = False
+    expectations: object | None = None  # mha2sha.compat.ReferenceFlags whose expectations are checked
 
 
 @dataclass
@@ -106,7 +110,7 @@ def _base_report(model_path: Path, opts: ConvertOptions) -> dict:
         "status": "fail",
         "tool": {"name": "mha2sha", "version": __version__},
         "model": {"original": str(model_path), "encodings": str(opts.encodings) if opts.encodings else None},
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k != "expectations"},
         "seed": opts.seed,
         "blocks": [],
         "skipped_blocks": [],
@@ -129,7 +133,12 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     if opts.encodings is not None:
         from mha2sha.encodings import read_encodings
 
-        encodings = read_encodings(opts.encodings)
+        if not Path(opts.encodings).is_file():
+            raise InputError(opts.encodings, "encodings file not found")
+        try:
+            encodings = read_encodings(opts.encodings)
+        except ValueError as exc:
+            raise InputError(None, str(exc)) from None
     inputs = [model_path] + ([Path(opts.encodings)] if opts.encodings else []) + _external_files(loaded.model)
     out_dir = prepare_output_dir(output_dir, inputs)
     report = _base_report(model_path, opts)
@@ -139,8 +148,13 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     try:
         t0 = time.perf_counter()
         model = loaded.model
-        split = split_model(model)
+        split = split_model(model, heads_per_block=opts.heads_per_block, per_head_cache_io=opts.per_head_cache_io)
         timings["split"] = time.perf_counter() - t0
+        if opts.expectations is not None:
+            from mha2sha.compat import check_expectations
+
+            report["expectations"] = check_expectations(opts.expectations, split.blocks)
+            report["strict_expectations"] = bool(getattr(opts.expectations, "strict", False))
         result.blocks = split.blocks
         report["skipped_blocks"] = [b.as_dict() for b in split.skipped]
         if not split.converted and not opts.allow_no_attention:
@@ -190,7 +204,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
             from verify.run import BlockSpec, verify_models
 
             specs = [
-                BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features))
+                BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features), dict(rec.io_splits))
                 for rec, b in zip(split.records, split.converted)
             ]
             verification = verify_models(model_path, result.model_path, specs, seed=opts.seed, end_to_end=opts.end_to_end,

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verification", action="store_true", help="skip the end-to-end run (per-block checks always run)")
     p.add_argument("--allow-no-attention", action="store_true", help="write the model unchanged when no attention block is found")
     p.add_argument("--seed", type=int, default=42, help="seed of the random verification inputs (default: 42)")
+    p.add_argument("--build-ar", type=int, default=1, metavar="M", help="heads per attention block after the split (AR-M; default 1 = single-head)")
+    p.add_argument("--kv-cache-io", choices=["per-head", "original"], default="per-head", help="KV-cache graph inputs/outputs: one per kv head named <name>_h<g> without the head axis (default), or the original tensors sliced inside the graph")
+    p.add_argument("--create-input-lists", action="store_true", help="write input_list.txt, raw float32 inputs and goldens of the MHA model")
     _common(p)
 
     p = sub.add_parser("inspect", help="list the attention blocks found, and why any softmax was not converted")
@@ -118,6 +121,9 @@ def _cmd_convert(args) -> int:
         allow_no_attention=args.allow_no_attention,
         seed=args.seed,
         progress=sys.stderr.isatty(),
+        heads_per_block=args.build_ar,
+        per_head_cache_io=args.kv_cache_io == "per-head",
+        create_input_lists=args.create_input_lists,
     )
     result = convert(args.model, args.output, opts)
     return _print_result(result, args)

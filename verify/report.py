@@ -22,6 +22,8 @@ def overall_status(report: dict) -> str:
         return "fail"
     if not report.get("blocks"):
         return "fail"
+    if report.get("strict_expectations") and any(not e["found"] for e in report.get("expectations", [])):
+        return "fail"
     return "pass"
 
 
@@ -71,6 +73,10 @@ def markdown(report: dict) -> str:
         lines += ["", "### Failed checks", ""]
         lines += [f"- {name}: `{c['check']}` on `{c['output']}`: max abs {_fmt(c['max_abs'])} > tolerance {_fmt(c['tolerance'])} {c['note']}" for name, c in failing]
         lines += [f"- {name}: {err}" for name, err in errors]
+    expectations = report.get("expectations")
+    if expectations:
+        lines += ["", "## Flag expectations" + (" (strict)" if report.get("strict_expectations") else ""), ""]
+        lines += [f"- {e['flag']}: expects {e['expects']}: {'found' if e['found'] else 'NOT FOUND'}" for e in expectations]
     skipped = report.get("skipped_blocks", [])
     lines += ["", "## Softmaxes not converted", ""]
     lines += [f"- {s['name']} {s['anchor']}: {s['reason']}" + (f" (stopped at {s['stopped_at']})" if s.get("stopped_at") else "") for s in skipped] or ["none"]

@@ -42,6 +42,13 @@ _E2E_TRUTH_LIMIT_BYTES = 300_000_000  # refimpl float64 of the whole model only 
 
 @dataclass
 class BlockSpec:
+    """One block, by the names of the tensors it reads and writes in the converted model.
+
+    ``io_splits`` (original name -> mha2sha.split.emit.IOSplit) lists graph inputs/outputs
+    that the converted model has per (kv) head: the original block reads/writes the whole
+    tensor, the converted one its per-head pieces.
+    """
+
     name: str
     inputs: list[str]
     outputs: list[str]
@@ -49,6 +56,39 @@ class BlockSpec:
     kv_heads: int | None = None
     head_dim: int | None = None
     features: dict = field(default_factory=dict)
+    io_splits: dict = field(default_factory=dict)
+
+    def _original_names(self, names: list[str]) -> list[str]:
+        piece_of = {n: orig for orig, s in self.io_splits.items() for n in s.names}
+        out: list[str] = []
+        for n in names:
+            n = piece_of.get(n, n)
+            if n not in out:
+                out.append(n)
+        return out
+
+    @property
+    def mha_inputs(self) -> list[str]:
+        return self._original_names(self.inputs)
+
+    @property
+    def mha_outputs(self) -> list[str]:
+        return self._original_names(self.outputs)
+
+    def sha_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = dict(feeds)
+        for orig, split in self.io_splits.items():
+            if split.kind == "input" and orig in feeds:
+                for name, index in zip(split.names, split.indices):
+                    out[name] = np.take(feeds[orig], index, axis=split.axis)
+        return out
+
+    def merge_outputs(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = dict(values)
+        for orig, split in self.io_splits.items():
+            if split.kind == "output" and all(n in values for n in split.names):
+                out[orig] = np.stack([values[n] for n in split.names], axis=split.axis)
+        return out
 
 
 @dataclass
@@ -98,13 +138,11 @@ def _float_outputs(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v for k, v in values.items() if np.issubdtype(np.asarray(v).dtype, np.floating)}
 
 
-def _block_feeds(mha: onnx.ModelProto, sha: onnx.ModelProto, captured: dict[str, np.ndarray] | None, seed: int, dims: DimAssigner) -> tuple[dict, str]:
-    names = {i.name for i in mha.graph.input} | {i.name for i in sha.graph.input}
+def _block_feeds(mha: onnx.ModelProto, captured: dict[str, np.ndarray] | None, seed: int, dims: DimAssigner) -> tuple[dict, str]:
+    names = {i.name for i in mha.graph.input}
     if captured is not None and names <= set(captured):
         return {n: captured[n] for n in names}, "captured"
-    feeds = random_feeds(mha, seed=seed, dims=dims, overrides=captured)
-    feeds.update({k: v for k, v in random_feeds(sha, seed=seed, dims=dims, overrides=feeds).items() if k not in feeds})
-    return feeds, "random"
+    return random_feeds(mha, seed=seed, dims=dims, overrides=captured), "random"
 
 
 def verify_block(original: ir.Model, converted: ir.Model, spec: BlockSpec, *, seed: int, dims: DimAssigner,
@@ -114,14 +152,15 @@ def verify_block(original: ir.Model, converted: ir.Model, spec: BlockSpec, *, se
     result = BlockResult(spec)
     started = time.perf_counter()
     try:
-        mha = extract(original, spec.inputs, spec.outputs)
+        mha = extract(original, spec.mha_inputs, spec.mha_outputs)
         sha = extract(converted, spec.inputs, spec.outputs)
-        feeds, result.feeds_from = _block_feeds(mha, sha, captured, seed, dims)
+        feeds, result.feeds_from = _block_feeds(mha, captured, seed, dims)
+        sha_feeds = spec.sha_feeds(feeds)
         truth = _float_outputs(refimpl.run(mha, feeds, dtype=np.float64))
         mha_ort = _run_ort(mha, feeds)
-        sha_ort = _run_ort(sha, feeds)
-        sha_ref = refimpl.run(sha, feeds, dtype=np.float32)
-        sha_f64 = refimpl.run(sha, feeds, dtype=np.float64)
+        sha_ort = spec.merge_outputs(_run_ort(sha, sha_feeds))
+        sha_ref = spec.merge_outputs(refimpl.run(sha, sha_feeds, dtype=np.float32))
+        sha_f64 = spec.merge_outputs(refimpl.run(sha, sha_feeds, dtype=np.float64))
         for name, t in truth.items():
             scale = scale_of(t)
             mha_err = compare("mha_ort_vs_truth", name, mha_ort[name], t, float("inf"))
@@ -134,20 +173,20 @@ def verify_block(original: ir.Model, converted: ir.Model, spec: BlockSpec, *, se
             mha_err.note = "sets the float32 error budget"
             result.checks.append(mha_err)
         if mha_encodings is not None and sha_encodings is not None:
-            result.checks.extend(_quant_sim(mha, sha, feeds, mha_encodings, sha_encodings))
+            result.checks.extend(_quant_sim(mha, sha, feeds, sha_feeds, spec, mha_encodings, sha_encodings))
     except Exception as exc:  # noqa: BLE001 - a block that cannot be verified is a failed block
         result.error = f"{type(exc).__name__}: {exc}"
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _quant_sim(mha, sha, feeds, mha_enc, sha_enc) -> list[Comparison]:
+def _quant_sim(mha, sha, feeds, sha_feeds, spec, mha_enc, sha_enc) -> list[Comparison]:
     import refimpl
 
     mha_names = _tensor_names(mha)
     sha_names = _tensor_names(sha)
     q_mha = refimpl.run(mha, feeds, dtype=np.float64, encodings={k: v for k, v in mha_enc.items() if k in mha_names})
-    q_sha = refimpl.run(sha, feeds, dtype=np.float64, encodings={k: v for k, v in sha_enc.items() if k in sha_names})
+    q_sha = spec.merge_outputs(refimpl.run(sha, sha_feeds, dtype=np.float64, encodings={k: v for k, v in sha_enc.items() if k in sha_names}))
     checks = []
     for name, expected in _float_outputs(q_mha).items():
         enc = mha_enc.get(name)
@@ -199,7 +238,7 @@ def capture_block_inputs(original_path: Path, names: list[str], feeds: dict[str,
     return out
 
 
-def verify_end_to_end(original_path: Path, converted_path: Path, feeds: dict[str, np.ndarray], weight_bytes: int) -> dict:
+def verify_end_to_end(original_path: Path, converted_path: Path, feeds: dict[str, np.ndarray], weight_bytes: int, specs: list[BlockSpec] = ()) -> dict:
     import os
 
     try:
@@ -212,7 +251,12 @@ def verify_end_to_end(original_path: Path, converted_path: Path, feeds: dict[str
     started = time.perf_counter()
     try:
         mha = _run_ort(original_path, feeds)
-        sha = _run_ort(converted_path, feeds)
+        sha_feeds = dict(feeds)
+        for spec in specs:
+            sha_feeds = spec.sha_feeds(sha_feeds)
+        sha = _run_ort(converted_path, sha_feeds)
+        for spec in specs:
+            sha = spec.merge_outputs(sha)
     except Exception as exc:  # noqa: BLE001
         return {"status": "fail", "reason": f"{type(exc).__name__}: {exc}", "checks": []}
     checks: list[Comparison] = []
@@ -262,7 +306,7 @@ def verify_models(original_path: Path, converted_path: Path, specs: list[BlockSp
     dims = DimAssigner()
     graph_feeds = random_feeds(_graph_proto(original_path), seed=seed, dims=dims)
     t0 = time.perf_counter()
-    names = sorted({n for s in specs for n in s.inputs})
+    names = sorted({n for s in specs for n in s.mha_inputs})
     captured = capture_block_inputs(original_path, names, graph_feeds) if weight_bytes <= _CAPTURE_LIMIT_BYTES else None
     timings["capture"] = time.perf_counter() - t0
     blocks = []
@@ -275,7 +319,7 @@ def verify_models(original_path: Path, converted_path: Path, specs: list[BlockSp
     timings["blocks"] = time.perf_counter() - t0
     if end_to_end:
         t0 = time.perf_counter()
-        e2e = verify_end_to_end(original_path, converted_path, graph_feeds, weight_bytes)
+        e2e = verify_end_to_end(original_path, converted_path, graph_feeds, weight_bytes, specs)
         timings["end_to_end"] = time.perf_counter() - t0
     else:
         e2e = {"status": "skipped", "reason": "end-to-end run disabled (--no-verification)"}

@@ -396,11 +396,13 @@ def _features(walker: _Walker, space: HeadSpace) -> dict[str, str]:
     if "Attention" in ops:
         rope = rope if rope != "none" else "none"
     q_projs = sum(1 for p in walker.projections.values() if p.path == "q")
+    projection_ops = sorted({p.node.op_type for p in walker.projections.values() if p.path == "q"})
     return {
         "rope": rope,
         "mask": mask,
         "past_kv": past,
         "lora": "yes" if q_projs > 1 else "no",
+        "projection": "/".join(projection_ops) or "none",
         "qk_norm": "yes" if any(i.node.op_type in ("ReduceMean", "RMSNormalization", "SimplifiedLayerNormalization", "LayerNormalization") for i in walker.instances if i.path in ("q", "k")) else "no",
     }
 
