@@ -15,8 +15,8 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from mha2sha.errors import EXIT_NO_ATTENTION, EXIT_OK, EXIT_VERIFICATION_FAILED, InputError, NoAttentionError
-from mha2sha.graph.io import EXTERNAL_DATA_THRESHOLD, StagedOutput, load_model, prepare_output_dir, save_model
+from mha2sha.errors import EXIT_NO_ATTENTION, EXIT_OK, EXIT_VERIFICATION_FAILED, InputError, NoAttentionError, OutputError
+from mha2sha.graph.io import EXTERNAL_DATA_THRESHOLD, StagedOutput, load_model, prepare_output_dir, safe_output_name, save_model
 from mha2sha.passes.cleanup import cleanup
 from mha2sha.passes.linear_to_conv import ConvRecord, linear_to_conv
 from mha2sha.pipeline import BlockReport, SplitResult, _all_names, split_model
@@ -141,6 +141,8 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
             raise InputError(None, str(exc)) from None
     inputs = [model_path] + ([Path(opts.encodings)] if opts.encodings else []) + _external_files(loaded.model)
     out_dir = prepare_output_dir(output_dir, inputs)
+    if opts.name is not None:
+        _refuse_overwriting_inputs(out_dir, safe_output_name(opts.name), inputs)
     report = _base_report(model_path, opts)
     timings: dict[str, float] = {}
     stage = "find and split"
@@ -165,7 +167,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
             conv_record = linear_to_conv(model, _all_names(model.graph))
             cleanup(model)
         kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
-        name = opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache)
+        name = safe_output_name(opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache))
         staged = StagedOutput(out_dir, inputs)
         try:
             stage = "save"
@@ -211,6 +213,8 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
                                          weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric)
             timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
             report.update(verification)
+    except OutputError:
+        raise  # the output folder is the problem: do not write into it
     except BaseException as exc:
         report["failure"] = {"stage": stage, "message": str(exc) or type(exc).__name__}
         report["timings"] = {k: round(v, 3) for k, v in timings.items()}
@@ -225,6 +229,14 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         if report["status"] != "pass":
             (out_dir / "VERIFICATION_FAILED").write_text("The verification report lists the failing checks: verification_report.md\n")
     return result
+
+
+def _refuse_overwriting_inputs(out_dir: Path, name: str, inputs: list[Path]) -> None:
+    protected = {p.resolve() for p in inputs if p.exists()}
+    for candidate in (f"{name}.onnx", f"{name}.onnx.data", f"{name}.encodings", MAPPING_FILE):
+        target = (out_dir / candidate).resolve()
+        if target in protected:
+            raise OutputError(target, "refusing to overwrite an input file; choose another output folder or name")
 
 
 def _external_files(model: ir.Model) -> list[Path]:

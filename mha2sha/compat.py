@@ -94,9 +94,9 @@ def apply_preset(flags: ReferenceFlags) -> list[str]:
         if name in flags.explicit:
             continue
         setattr(flags, name, True)
-    for name in sorted(flags.explicit):
-        if name in {f.name for f in fields(ReferenceFlags)} and name not in preset and isinstance(getattr(flags, name), bool) and getattr(flags, name):
-            warnings.append(f"--{name.replace('_', '-')} overrides preset {flags.base_llm}")
+    for name in sorted(flags.explicit & set(EXPECTATIONS)):
+        if name not in preset:
+            warnings.append(f"--{name.replace('_', '-')} adds to preset {flags.base_llm}")
     if "strict" in flags.explicit and not flags.strict and "strict" in preset:
         warnings.append(f"--not-strict overrides preset {flags.base_llm}")
     return warnings
@@ -126,7 +126,7 @@ def check_expectations(flags: ReferenceFlags, blocks) -> list[dict]:
         ok = found[name]
         out.append({"flag": f"--{name.replace('_', '-')}", "expects": what, "found": ok})
         if not ok:
-            log.warning("--%s given but no %s was found", name.replace("_", "-"), what)
+            log.warning("--%s given, but the model has no %s", name.replace("_", "-"), what)
     return out
 
 
