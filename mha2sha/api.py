@@ -41,6 +41,8 @@ class ConvertOptions:
     progress: bool = False
     heads_per_block: int = 1
     per_head_cache_io: bool = True
+    link_weights: bool = False
+    allow_hard_links: bool = False
     create_input_lists: bool = False
     expectations: object | None = None  # mha2sha.compat.ReferenceFlags whose expectations are checked
 
@@ -97,9 +99,9 @@ def name_mapping(split: SplitResult, conv: ConvRecord | None) -> dict:
     return {"activation_encodings": activations, "param_encodings": params}
 
 
-def inspect(model_path: str | Path) -> list[BlockReport]:
+def inspect(model_path: str | Path, *, allow_hard_links: bool = False) -> list[BlockReport]:
     """The attention blocks of a model, as the converter sees them (nothing is written)."""
-    loaded = load_model(model_path)
+    loaded = load_model(model_path, allow_hard_links=allow_hard_links)
     return split_model(loaded.model, analyse_only=True).blocks
 
 
@@ -128,7 +130,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     opts = options or ConvertOptions(**kwargs)
     started = time.perf_counter()
     model_path = Path(model_path)
-    loaded = load_model(model_path)
+    loaded = load_model(model_path, allow_hard_links=opts.allow_hard_links)
     encodings = None
     if opts.encodings is not None:
         from mha2sha.encodings import read_encodings
@@ -172,7 +174,8 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         try:
             stage = "save"
             t0 = time.perf_counter()
-            model_file = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD)
+            model_file, write_stats = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD, link_weights=opts.link_weights)
+            report["write"] = write_stats
             timings["save"] = time.perf_counter() - t0
             mapping = name_mapping(split, conv_record)
             with open(staged.path(MAPPING_FILE), "w") as fh:
@@ -184,7 +187,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
                 from mha2sha.encodings import numeric_encodings, write_encodings
                 from mha2sha.encodings.propagate import propagate
 
-                original_model = load_model(model_path).model
+                original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links).model
                 sha_encodings, summary = propagate(encodings, original_model, model, split, conv_record)
                 report["encodings"] = summary
                 encodings_file = f"{name}.encodings"
@@ -210,7 +213,8 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
                 for rec, b in zip(split.records, split.converted)
             ]
             verification = verify_models(model_path, result.model_path, specs, seed=opts.seed, end_to_end=opts.end_to_end,
-                                         weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric)
+                                         weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric,
+                                         allow_hard_links=opts.allow_hard_links or opts.link_weights)
             timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
             report.update(verification)
     except OutputError:

@@ -26,6 +26,7 @@ LOG_LEVELS = {"verbose": logging.DEBUG, "info": logging.INFO, "warn": logging.WA
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-hard-links", action="store_true", help="read external data files that have several hard links (refused by default: a hard link can expose a file from outside the model folder)")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="logging verbosity (default: info); 'verbose' also prints tracebacks")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-ar", type=int, default=1, metavar="M", help="heads per attention block after the split (AR-M; default 1 = single-head)")
     p.add_argument("--kv-cache-io", choices=["per-head", "original"], default="per-head", help="KV-cache graph inputs/outputs: one per kv head named <name>_h<g> without the head axis (default), or the original tensors sliced inside the graph")
     p.add_argument("--create-input-lists", action="store_true", help="write input_list.txt, raw float32 inputs and goldens of the MHA model")
+    p.add_argument("--link-weights", action="store_true", help="hard-link the input's data file into OUTDIR and reference unchanged weights in it (no copy; same file system only)")
     _common(p)
 
     p = sub.add_parser("inspect", help="list the attention blocks found, and why any softmax was not converted")
@@ -101,7 +103,7 @@ def _cmd_inspect(args) -> int:
     from mha2sha.api import inspect
     from mha2sha.errors import EXIT_NO_ATTENTION
 
-    blocks = inspect(args.model)
+    blocks = inspect(args.model, allow_hard_links=args.allow_hard_links)
     if args.json:
         print(json.dumps({"blocks": [b.as_dict() for b in blocks]}, indent=1))
     else:
@@ -124,6 +126,8 @@ def _cmd_convert(args) -> int:
         heads_per_block=args.build_ar,
         per_head_cache_io=args.kv_cache_io == "per-head",
         create_input_lists=args.create_input_lists,
+        link_weights=args.link_weights,
+        allow_hard_links=args.allow_hard_links,
     )
     result = convert(args.model, args.output, opts)
     return _print_result(result, args)

@@ -52,8 +52,12 @@ def _inside(base: Path, candidate: Path) -> bool:
         return False
 
 
-def check_external_data(proto: onnx.ModelProto, model_path: Path) -> tuple[int, bool]:
-    """Validate every external-data reference; returns (weight bytes, uses external data)."""
+def check_external_data(proto: onnx.ModelProto, model_path: Path, *, allow_hard_links: bool = False) -> tuple[int, bool]:
+    """Validate every external-data reference; returns (weight bytes, uses external data).
+
+    A data file with several hard links is refused unless ``allow_hard_links``: a hard link
+    can give a file from outside the folder a name inside it, which no path check can see.
+    """
     base = model_path.resolve().parent
     total = 0
     external = False
@@ -89,7 +93,10 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path) -> tuple[int, 
             raise InputError(model_path, f"external data file {location!r} of tensor {tensor.name!r} is missing")
         size = sizes.get(target)
         if size is None:
-            size = sizes[target] = target.stat().st_size
+            st = target.stat()
+            if st.st_nlink > 1 and not allow_hard_links:
+                raise InputError(model_path, f"external data file {location!r} has {st.st_nlink} hard links; refusing to read it (pass --allow-hard-links if you made the link, e.g. with --link-weights)")
+            size = sizes[target] = st.st_size
         try:
             offset = int(info.get("offset", "0"))
             length = int(info["length"]) if "length" in info else nbytes
@@ -104,7 +111,7 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path) -> tuple[int, 
     return total, external
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
+def load_model(path: str | os.PathLike, *, allow_hard_links: bool = False) -> LoadedModel:
     """Parse, validate and lazily load an ONNX model (weights stay on disk)."""
     path = Path(path)
     if not path.exists():
@@ -121,13 +128,25 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         raise InputError(path, f"not an ONNX model ({type(exc).__name__}: {exc})") from None
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.node:
         raise InputError(path, "not an ONNX model (no graph)")
-    weight_bytes, external = check_external_data(proto, path)
+    weight_bytes, external = check_external_data(proto, path, allow_hard_links=allow_hard_links)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # noqa: BLE001
         raise InputError(path, f"malformed ONNX graph: {exc}") from None
-    ir.external_data.set_base_dir(model.graph, str(path.resolve().parent))
+    base = str(path.resolve().parent)
+    ir.external_data.set_base_dir(model.graph, base)
+    if allow_hard_links:
+        _trust_checked_locations(model, base)
     return LoadedModel(model, path, weight_bytes, external)
+
+
+def _trust_checked_locations(model: ir.Model, base: str) -> None:
+    """Point external tensors at absolute paths that check_external_data validated, so that
+    onnx_ir does not repeat its own (hard-link refusing) checks."""
+    for value in model.graph.initializers.values():
+        t = value.const_value
+        if isinstance(t, ir.ExternalTensor):
+            value.const_value = ir.ExternalTensor(os.path.join(base, t.location), t.offset, t.length, t.dtype, shape=t.shape, name=t.name, base_dir="")
 
 
 def safe_output_name(name: str) -> str:
@@ -184,20 +203,23 @@ class StagedOutput:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def save_model(model: ir.Model, staged: StagedOutput, name: str, *, external: bool, progress=None) -> str:
-    """Write ``<name>.onnx`` (and ``<name>.onnx.data`` when external) into ``staged``."""
+def save_model(model: ir.Model, staged: StagedOutput, name: str, *, external: bool, link_weights: bool = False, progress=None) -> tuple[str, dict]:
+    """Write ``<name>.onnx`` (and ``<name>.onnx.data`` when external) into ``staged``.
+
+    Returns the model file name and write statistics (bytes copied, written, linked).
+    """
+    from mha2sha.graph.writer import write_model
+
     model_file = f"{name}.onnx"
     model_path = staged.path(model_file)
-    kwargs = {}
-    if progress is not None:
-        kwargs["callback"] = progress
+    data_file = None
+    if external:
+        data_file = f"{model_file}.data"
+        staged.path(data_file)
+        if link_weights:
+            staged.path(f"{data_file}.weights")
     try:
-        if external:
-            data_file = f"{model_file}.data"
-            staged.path(data_file)
-            ir.save(model, model_path, external_data=data_file, **kwargs)
-        else:
-            ir.save(model, model_path)
+        stats = write_model(model, model_path, data_name=data_file, link_weights=link_weights, progress=progress)
     except OSError as exc:
-        raise OutputError(model_path, f"cannot write the model: {exc.strerror or exc}") from None
-    return model_file
+        raise OutputError(model_path.parent.parent, f"cannot write the model: {exc.strerror or exc}") from None
+    return model_file, stats

@@ -15,7 +15,7 @@ def remove_dead(model: ir.Model) -> None:
 
 def cleanup(model: ir.Model) -> None:
     remove_dead(model)
-    infer_shapes(model)
+    infer_shapes(model, only_missing=True)
 
 
 __all__ = ["cleanup", "remove_dead", "infer_shapes"]

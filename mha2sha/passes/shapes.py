@@ -108,11 +108,17 @@ def _to_ir_shape(type_proto: onnx.TypeProto) -> tuple[ir.Shape | None, ir.DataTy
     return ir.Shape(dims), dtype
 
 
-def infer_shapes(model: ir.Model) -> None:
-    """Set the shape and dtype of every value of the main graph (best effort)."""
+def infer_shapes(model: ir.Model, *, only_missing: bool = False) -> None:
+    """Set the shape and dtype of every value of the main graph (best effort).
+
+    ``only_missing``: fill in values that have no shape yet, with ONNX's (fast) inference,
+    keeping the shapes already set (after a rewrite that set shapes on what it created).
+    """
+    if only_missing and all(out.shape is not None and out.dtype is not None for node in model.graph for out in node.outputs):
+        return
     proto = _proto_without_weights(model)
-    inferred = _symbolic(proto)
-    if inferred is None:
+    inferred = _onnx(proto) if only_missing else _symbolic(proto)
+    if inferred is None and not only_missing:
         inferred = _onnx(proto)
     if inferred is None:
         return
@@ -123,7 +129,7 @@ def infer_shapes(model: ir.Model) -> None:
             if info is None:
                 continue
             shape, dtype = _to_ir_shape(info.type)
-            if shape is not None:
+            if shape is not None and not (only_missing and out.shape is not None):
                 out.shape = shape
             if dtype is not None and out.dtype is None:
                 out.dtype = dtype

@@ -8,22 +8,26 @@ from mha2sha.analysis.discover import Block
 from mha2sha.split.emit import BlockSplitter, SplitError, SplitRecord
 
 
-def _live_outside(graph: ir.Graph, block_nodes: set[int]) -> set[int]:
-    """Nodes the graph outputs need, not counting the block's own nodes (they are replaced)."""
-    live: set[int] = set()
-    stack = [v for v in graph.outputs]
+def _needed_outside(node: ir.Node, block_nodes: set[int], depth: int = 12) -> bool:
+    """Whether ``node`` (outside the block, reading a block tensor) matters once the block
+    is replaced: true unless everything it feeds ends in block nodes (a Shape chain that
+    only computes a Reshape target inside the block)."""
+    stack = [(node, 0)]
     seen: set[int] = set()
     while stack:
-        v = stack.pop()
-        if id(v) in seen:
+        n, d = stack.pop()
+        if id(n) in seen:
             continue
-        seen.add(id(v))
-        node = v.producer()
-        if node is None or id(node) in block_nodes or id(node) in live:
-            continue
-        live.add(id(node))
-        stack.extend(i for i in node.inputs if i is not None)
-    return live
+        seen.add(id(n))
+        if d > depth:
+            return True
+        for out in n.outputs:
+            if out.is_graph_output():
+                return True
+            for use in out.uses():
+                if id(use.node) not in block_nodes:
+                    stack.append((use.node, d + 1))
+    return False
 
 
 def _rename_for_replacement(value: ir.Value, names: set[str]) -> str:
@@ -45,13 +49,12 @@ def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cach
     """
     splitter = BlockSplitter(graph, block, names, per_head_cache_io=per_head_cache_io)
     block_nodes = {id(inst.node) for inst in block.instances}
-    live = _live_outside(graph, block_nodes)
     targets: list[tuple[ir.Value, list]] = []
     seen: set[int] = set()
     for (value, layout), _ in block.produced.items():
         if id(value) in seen:
             continue
-        outside = [u for u in value.uses() if id(u.node) not in block_nodes and id(u.node) in live]
+        outside = [u for u in value.uses() if id(u.node) not in block_nodes and _needed_outside(u.node, block_nodes)]
         if outside or value.is_graph_output():
             seen.add(id(value))
             targets.append((value, layout))
@@ -61,7 +64,7 @@ def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cach
         rebuilt = []
         for value, layout in targets:
             path = block.produced[(value, layout)][0].path
-            only_output = value.is_graph_output() and not [u for u in value.uses() if id(u.node) not in block_nodes and id(u.node) in live]
+            only_output = value.is_graph_output() and not [u for u in value.uses() if id(u.node) not in block_nodes and _needed_outside(u.node, block_nodes)]
             if per_head_cache_io and only_output and path in ("k", "v"):
                 split = splitter.per_head_outputs(value, layout)
                 if split is not None:

@@ -103,7 +103,6 @@ class BlockSplitter:
         self.names = names
         self.pieces: dict[tuple[int, Layout, tuple[int, ...]], ir.Value] = {}
         self.emitted: dict[tuple, ir.Node] = {}
-        self.weights: dict[int, np.ndarray] = {}
         self.record = SplitRecord(block.name)
         self.nodes: list[ir.Node] = []
         self._new: set[ir.Node] = set()
@@ -251,10 +250,14 @@ class BlockSplitter:
             if added == removed_axes:
                 self._set_piece(value, layout, head, producer.inputs[0], keep_rank)
                 return
+        shape = list(value.shape) if value.shape is not None else None
         for axis, (idx, _) in enumerate(sel):
             if idx is None:
                 continue
             out = self._value(self._name(tag, value.name, "leaf") + f".sel{axis}", value)
+            if shape is not None:
+                shape[axis] = len(idx)
+                out.shape = ir.Shape(shape)
             if idx == list(range(idx[0], idx[0] + len(idx))):
                 self._node("Slice", [current, self._ints(tag, "starts", [idx[0]]), self._ints(tag, "ends", [idx[-1] + 1]), self._ints(tag, "axes", [axis])], None, f"{self.block.name}.{tag}.Slice", [out])
             else:
@@ -262,6 +265,8 @@ class BlockSplitter:
             current = out
         if removed_axes:
             out = self._value(self._name(tag, value.name, "leaf"), value)
+            if shape is not None:
+                out.shape = ir.Shape([d for i, d in enumerate(shape) if i not in removed_axes])
             self._node("Squeeze", [current, self._ints(tag, "axes", removed_axes)], None, f"{self.block.name}.{tag}.Squeeze", [out])
             current = out
         self._set_piece(value, layout, head, current, keep_rank)
@@ -296,12 +301,19 @@ class BlockSplitter:
         self.record.params.append(ParamSlice(value.name, piece.name, -1, (), shape))
 
     # -- projections -----------------------------------------------------------------
-    def _weight(self, value: ir.Value) -> np.ndarray:
-        arr = self.weights.get(id(value))
-        if arr is None:
-            arr = const_tensor(value).numpy()
-            self.weights[id(value)] = arr
-        return arr
+    def _lazy_slice(self, name: str, source: ir.Value, indices: list[int], axis: int) -> ir.Value:
+        """A per-head weight read from the source only when it is written (weights stay on
+        disk until then: memory does not grow with the model)."""
+        tensor = const_tensor(source)
+        shape = list(tensor.shape)
+        shape[axis] = len(indices)
+        name = self._unique(name)
+        lazy = ir.LazyTensor(lambda: ir.tensor(_sliced(tensor, indices, axis)), dtype=tensor.dtype, shape=ir.Shape(shape), name=name)
+        v = ir.Value(name=name, const_value=lazy)
+        v.shape = ir.Shape(shape)
+        v.dtype = tensor.dtype
+        self.graph.register_initializer(v)
+        return v
 
     def _emit_projection(self, proj: Projection, head: int) -> None:
         node, layout = proj.node, proj.layout
@@ -310,7 +322,7 @@ class BlockSplitter:
         out_layout, _ = per_head_layout(layout, self.space)
         inputs = list(node.inputs)
         w_value = inputs[proj.weight_index]
-        w = self._weight(w_value)
+        w_shape = tuple(int(d) for d in const_tensor(w_value).shape)
         op = node.op_type
         if op == "MatMul":
             w_axis = 1 if proj.weight_index == 1 else 0
@@ -318,11 +330,10 @@ class BlockSplitter:
             w_axis = 0 if attr(node, "transB", 0) else 1
         else:
             w_axis = 0
-        w_piece = _take(w, idx, w_axis)
         role = f"{self.block.name}.{tag}.{proj.path}_proj" if proj.path in ("q", "k", "v") else f"{self.block.name}.{tag}.proj"
         role = self._unique(role)
-        new_w = self._const(f"{role}.weight", w_piece)
-        self.record.params.append(ParamSlice(w_value.name, new_w.name, w_axis, tuple(idx), tuple(w.shape)))
+        new_w = self._lazy_slice(f"{role}.weight", w_value, idx, w_axis)
+        self.record.params.append(ParamSlice(w_value.name, new_w.name, w_axis, tuple(idx), w_shape))
         inputs[proj.weight_index] = new_w
         if op in ("Gemm", "Conv") and len(inputs) > 2 and inputs[2] is not None:
             bias = inputs[2]
@@ -686,6 +697,15 @@ class BlockSplitter:
         out.shape = value.shape
         self._node("Concat", parts, {"axis": axis}, f"{self.block.name}.concat_heads", [out])
         return out
+
+
+def _sliced(tensor, indices: list[int], axis: int) -> np.ndarray:
+    """One head's slice of a (memory-mapped) weight. The mapping is released at once:
+    mapped pages count as resident memory, and a 7B model's q/k/v weights would add up."""
+    piece = _take(tensor.numpy(), indices, axis)
+    if isinstance(tensor, ir.ExternalTensor):
+        tensor.release()
+    return piece
 
 
 def _take(array: np.ndarray, indices: list[int], axis: int) -> np.ndarray:
