@@ -292,16 +292,16 @@ def _graph_proto(path: Path) -> onnx.ModelProto:
 
 def verify_models(original_path: Path, converted_path: Path, specs: list[BlockSpec], *, seed: int = 42,
                   end_to_end: bool = True, weight_bytes: int = 0, mha_encodings=None, sha_encodings=None,
-                  progress=None) -> dict:
+                  progress=None, allow_hard_links: bool = False) -> dict:
     """Verify every block in ``specs`` and, if asked and possible, the whole model."""
     from mha2sha.graph.io import load_model
     from mha2sha.passes.shapes import infer_shapes
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    original = load_model(original_path).model
+    original = load_model(original_path, allow_hard_links=allow_hard_links).model
     infer_shapes(original)
-    converted = load_model(converted_path).model
+    converted = load_model(converted_path, allow_hard_links=allow_hard_links).model
     infer_shapes(converted)
     dims = DimAssigner()
     graph_feeds = random_feeds(_graph_proto(original_path), seed=seed, dims=dims)
