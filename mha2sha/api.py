@@ -15,8 +15,22 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from mha2sha.errors import EXIT_NO_ATTENTION, EXIT_OK, EXIT_VERIFICATION_FAILED, InputError, NoAttentionError, OutputError
-from mha2sha.graph.io import EXTERNAL_DATA_THRESHOLD, StagedOutput, load_model, prepare_output_dir, safe_output_name, save_model
+from mha2sha.errors import (
+    EXIT_NO_ATTENTION,
+    EXIT_OK,
+    EXIT_VERIFICATION_FAILED,
+    InputError,
+    NoAttentionError,
+    OutputError,
+)
+from mha2sha.graph.io import (
+    EXTERNAL_DATA_THRESHOLD,
+    StagedOutput,
+    load_model,
+    prepare_output_dir,
+    safe_output_name,
+    save_model,
+)
 from mha2sha.passes.cleanup import cleanup
 from mha2sha.passes.linear_to_conv import ConvRecord, linear_to_conv
 from mha2sha.pipeline import BlockReport, SplitResult, _all_names, split_model

@@ -121,3 +121,43 @@ def _values(rng: np.random.Generator, shape: list[int], dtype, bound: int | None
     if mask.ndim:
         mask[..., -1] = 1
     return mask
+
+
+def dim_symbols(model: onnx.ModelProto) -> list[str]:
+    init_names = {t.name for t in model.graph.initializer}
+    out: list[str] = []
+    for info in model.graph.input:
+        if info.name in init_names:
+            continue
+        for d in _dims(info):
+            if isinstance(d, str) and d not in out and not any(c in d for c in "+-*/"):
+                out.append(d)
+    return out
+
+
+def candidate_assignments(symbols: list[str], limit: int = 40):
+    """Concrete values to try for the model's symbolic input dimensions, most distinct
+    first, then with one dimension the sum of two others (total = past + new) or equal to
+    another (a sequence shared under two names)."""
+    base = {s: (2 if i == 0 else _PRIMES[(i - 1) % len(_PRIMES)]) for i, s in enumerate(symbols)}
+    yield dict(base)
+    tried = 1
+    for x in symbols[1:]:
+        for y in symbols[1:]:
+            for z in symbols[1:]:
+                if len({x, y, z}) == 3 and y < z:
+                    cand = dict(base)
+                    cand[x] = cand[y] + cand[z]
+                    yield cand
+                    tried += 1
+                    if tried >= limit:
+                        return
+    for x in symbols:
+        for y in symbols:
+            if x != y:
+                cand = dict(base)
+                cand[x] = cand[y]
+                yield cand
+                tried += 1
+                if tried >= limit:
+                    return

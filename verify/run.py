@@ -290,6 +290,33 @@ def _graph_proto(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=False)
 
 
+def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int) -> tuple[DimAssigner, dict]:
+    """Random graph inputs whose symbolic dimensions the model accepts.
+
+    Symbolic names carry no relations (``total`` may have to be ``past + seq``): when the
+    model is small enough to run, candidate assignments are tried until one runs.
+    """
+    from verify.feeds import candidate_assignments, dim_symbols
+
+    proto = _graph_proto(original_path)
+    symbols = dim_symbols(proto)
+    fits = weight_bytes <= _CAPTURE_LIMIT_BYTES
+    first = None
+    for values in candidate_assignments(symbols):
+        dims = DimAssigner(values=dict(values))
+        feeds = random_feeds(proto, seed=seed, dims=dims)
+        if first is None:
+            first = (dims, feeds)
+        if not fits:
+            break
+        try:
+            _run_ort(original_path, feeds)
+            return dims, feeds
+        except Exception:  # noqa: BLE001 - try the next assignment
+            continue
+    return first
+
+
 def verify_models(original_path: Path, converted_path: Path, specs: list[BlockSpec], *, seed: int = 42,
                   end_to_end: bool = True, weight_bytes: int = 0, mha_encodings=None, sha_encodings=None,
                   progress=None, allow_hard_links: bool = False) -> dict:
@@ -303,8 +330,7 @@ def verify_models(original_path: Path, converted_path: Path, specs: list[BlockSp
     infer_shapes(original)
     converted = load_model(converted_path, allow_hard_links=allow_hard_links).model
     infer_shapes(converted)
-    dims = DimAssigner()
-    graph_feeds = random_feeds(_graph_proto(original_path), seed=seed, dims=dims)
+    dims, graph_feeds = consistent_graph_feeds(original_path, seed=seed, weight_bytes=weight_bytes)
     t0 = time.perf_counter()
     names = sorted({n for s in specs for n in s.mha_inputs})
     captured = capture_block_inputs(original_path, names, graph_feeds) if weight_bytes <= _CAPTURE_LIMIT_BYTES else None

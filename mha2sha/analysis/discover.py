@@ -21,7 +21,7 @@ import onnx_ir as ir
 from mha2sha.analysis import rules
 from mha2sha.analysis.layout import Atom, Axis, HeadSpace, Layout, free, head_atoms, per_head_layout
 from mha2sha.analysis.rules import Unsupported
-from mha2sha.graph.ir_utils import attr, const_array, dims, describe, is_const
+from mha2sha.graph.ir_utils import attr, const_array, describe, dims, is_const
 
 ValueKey = tuple[ir.Value, Layout]
 
@@ -309,14 +309,14 @@ def _head_space(walker: _Walker, anchor: ir.Node) -> HeadSpace:
 def _check(block_walker: _Walker, space: HeadSpace) -> None:
     """Every atom must be clearly head or free, and ops must not work along head axes."""
     for inst in block_walker.instances:
-        for layout in list(inst.outputs.values()) + [l for l in inst.inputs if l is not None]:
+        for layout in list(inst.outputs.values()) + [lay for lay in inst.inputs if lay is not None]:
             for ax in layout:
                 for a in space.refine_axis(ax).atoms:
                     try:
                         space.classify(a)
                     except ValueError as exc:
                         raise BlockError(str(exc), inst.node) from None
-        for idx, layout in inst.outputs.items():
+        for layout in inst.outputs.values():
             for axis in inst.along:
                 if axis < len(layout) and head_atoms((layout[axis],), space):
                     raise BlockError(f"{inst.node.op_type} works along the head axis", inst.node)
@@ -422,7 +422,7 @@ def _grouped(space: HeadSpace, group: int, anchor: ir.Node) -> HeadSpace:
 
 def _kv_heads(walker: _Walker, space: HeadSpace) -> int:
     keys = set()
-    boundaries = [(p.layout, p.path) for p in walker.projections.values()] + [(l.layout, l.path) for l in walker.leaves.values()]
+    boundaries = [(p.layout, p.path) for p in walker.projections.values()] + [(leaf.layout, leaf.path) for leaf in walker.leaves.values()]
     for layout, path in boundaries:
         if path != "k":
             continue
@@ -452,7 +452,7 @@ def _finish(name: str, anchor: ir.Node, walker: _Walker, heads: HeadSpace, space
             size = per_head[proj.channel].size
             head_dim = size if isinstance(size, int) else None
     # Keep only the nodes that carry heads; the others stay shared and feed the block.
-    kept = [inst for inst in walker.instances if any(head_atoms(l, space) for l in inst.outputs.values())]
+    kept = [inst for inst in walker.instances if any(head_atoms(lay, space) for lay in inst.outputs.values())]
     kept_ids = {id(i) for i in kept}
     produced = {k: v for k, v in walker.produced.items() if id(v[0]) in kept_ids}
     leaves = dict(walker.leaves)

@@ -246,7 +246,7 @@ def _slice(node: ir.Node, out: Layout) -> RuleResult:
         axes = list(range(len(starts)))
     steps = steps or [1] * len(starts)
     inp = list(out)
-    for s, e, a, st in zip(starts, ends, axes, steps):
+    for s, _end, a, st in zip(starts, ends, axes, steps):
         a = norm_axis(a, len(in_dims))
         if any(x.root is not None for x in out[a].atoms):
             if st != 1 or not isinstance(in_dims[a], int):

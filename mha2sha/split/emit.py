@@ -17,8 +17,24 @@ import numpy as np
 import onnx_ir as ir
 
 from mha2sha.analysis.discover import Block, Instance, Leaf, Projection
-from mha2sha.analysis.layout import Axis, Layout, axis_indices, head_atoms, key_of, per_head_layout, same_atoms
-from mha2sha.graph.ir_utils import attr, const_array, const_tensor, dims, is_const, node_opset, norm_axis
+from mha2sha.analysis.layout import (
+    Axis,
+    Layout,
+    axis_indices,
+    head_atoms,
+    key_of,
+    per_head_layout,
+    same_atoms,
+)
+from mha2sha.graph.ir_utils import (
+    attr,
+    const_array,
+    const_tensor,
+    dims,
+    is_const,
+    node_opset,
+    norm_axis,
+)
 
 
 class SplitError(Exception):
@@ -680,7 +696,7 @@ class BlockSplitter:
                 order[k] = (idx[0], h)
         parts = []
         covered: list[int] = []
-        for k, (first, h) in sorted(order.items(), key=lambda kv: kv[1][0]):
+        for _first, h in sorted(order.values()):
             p = self.piece(value, layout, h)
             covered.extend(axis_indices(ax, self.space, h))
             if removed:
