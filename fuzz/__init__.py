@@ -1,2 +1,7 @@
 """Attention model builders with known parameters, random AIMET encodings, hypothesis strategies
 and the bundled example models."""
+
+from fuzz.builder import BuiltModel, build, make_feeds
+from fuzz.config import AttentionConfig, ConfigError
+
+__all__ = ["AttentionConfig", "ConfigError", "BuiltModel", "build", "make_feeds"]

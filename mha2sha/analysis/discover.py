@@ -540,10 +540,10 @@ def analyze_attention_op(name: str, node: ir.Node, group: int = 1) -> Block:
         heads, kv_heads = attr(node, "q_num_heads"), attr(node, "kv_num_heads")
     if not isinstance(heads, int) or not isinstance(kv_heads, int) or heads % kv_heads:
         raise BlockError("the Attention op's head counts are not static", node)
-    group = heads // kv_heads
+    rep = heads // kv_heads
     batch = _root_axis(qd[0], 0)
     h_atom = Atom(heads, 1, 1, heads)
-    kv_atom = Atom(kv_heads, 1, group, kv_heads)
+    kv_atom = Atom(kv_heads, 1, rep, kv_heads)
     vd = dims(v)
     y_dims = dims(node.outputs[0])
     walker = _Walker()

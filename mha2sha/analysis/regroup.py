@@ -131,6 +131,13 @@ def _has_unknown(m: Monomial) -> bool:
 
 def _distribute(atoms: list[Atom], sizes: list[Size]) -> list[tuple[Atom, ...]]:
     """Cut a row-major atom sequence into axes of the given sizes, innermost axis first."""
+    non_unit = [k for k, size in enumerate(sizes) if size != 1]
+    if len(non_unit) == 1:
+        # One real axis (the others have size 1): it takes every atom, whatever the spelling
+        # of its size ([1, 1, B*S, E] from [B, S, E]).
+        out: list[tuple[Atom, ...]] = [() for _ in sizes]
+        out[non_unit[0]] = tuple(atoms)
+        return out
     stack = list(atoms)
     out: list[list[Atom]] = [[] for _ in sizes]
     for k in range(len(sizes) - 1, -1, -1):
@@ -175,6 +182,12 @@ def regroup(src_axes: tuple[Axis, ...], src_dims: list[Size], dst_dims: list[Siz
     for gs, gd in group_dims(src_dims, dst_dims):
         group_axes = [src_axes[i] for i in gs]
         windows = [ax.is_window for ax in group_axes]
+        if any(windows) and not any(a.root is not None for ax in group_axes for a in ax.atoms):
+            # A picked index (Gather of a RoPE pair) among free axes: the destination axes are
+            # free; no head digit is involved, so no window needs to be expressed.
+            for k in gd:
+                result[k] = Axis((Atom(dst_dims[k]),))
+            continue
         if any(windows):
             if len(gd) == 1 and len(gs) == 1:
                 ax = group_axes[0]

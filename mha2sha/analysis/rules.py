@@ -274,7 +274,13 @@ def _gather(node: ir.Node, out: Layout) -> RuleResult:
             if not isinstance(data_dims[axis], int):
                 raise Unsupported("negative Gather index on a symbolic axis")
             i += data_dims[axis]
-        picked = Axis((), i, data_dims[axis])
+        neighbours = ([before[-1]] if before else []) + ([after[0]] if after else [])
+        if any(a.root is not None for ax in neighbours for a in ax.atoms):
+            # The picked index sits next to head digits ([B, S, 3, H, D]): upstream it is a
+            # window of the fused channels, folded into the projection's slice.
+            picked = Axis((), i, data_dims[axis])
+        else:
+            picked = Axis((free(data_dims[axis]),))  # an ordinary gather (a RoPE pair)
         return RuleResult([tuple(before) + (picked,) + tuple(after), None])
     data = tuple(before) + (Axis((free(data_dims[axis]),)),) + tuple(after)
     return RuleResult([data, tuple(middle)])

@@ -1,16 +1,32 @@
-"""After the rewrite: drop dead nodes and initializers, sort, and infer shapes."""
+"""After the rewrite: drop dead nodes and initializers, sort, and fill in missing shapes."""
 
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from mha2sha.passes.shapes import infer_shapes
 
 
-def remove_dead(model: ir.Model) -> None:
-    model.graph.sort()
-    RemoveUnusedNodesPass()(model)
+def remove_dead(model: ir.Model) -> int:
+    """Remove nodes none of whose outputs is read, and unread initializers.
+
+    Unlike a generic dead-code pass this never trims unused optional outputs of a live node:
+    an opset-23 Attention node given a past cache must keep its present outputs.
+    """
+    graph = model.graph
+    graph.sort()
+    outputs = set(map(id, graph.outputs))
+    removed = 0
+    for node in reversed(list(graph)):
+        if any(out.uses() or id(out) in outputs for out in node.outputs):
+            continue
+        graph.remove(node, safe=True)
+        removed += 1
+    inputs = set(map(id, graph.inputs))
+    for name, init in list(graph.initializers.items()):
+        if not init.uses() and id(init) not in outputs and id(init) not in inputs:
+            del graph.initializers[name]
+    return removed
 
 
 def cleanup(model: ir.Model) -> None:

@@ -576,6 +576,9 @@ class BlockSplitter:
         alias = self._window_alias(inst, ins)
         if alias is not None:
             return alias
+        if inst.node.inputs[1] is not None and const_array(inst.node.inputs[1]) is not None and const_array(inst.node.inputs[1]).ndim == 0 and inst.inputs[0][norm_axis(attr(inst.node, "axis", 0), len(inst.inputs[0]))].is_window:
+            # The head's piece already holds the picked index (fused [B, S, 3, H, D]).
+            return self._reshape_to(inst, ins, head, tag)
         rank, removed = self._in_removed(inst)
         return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", 0), rank, removed)})
 

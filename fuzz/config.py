@@ -1,0 +1,170 @@
+"""AttentionConfig: one attention model, every axis of variation an exporter produces.
+
+Sizes first (batch, sequence, past, hidden, heads, kv heads, head dim, layers), then
+independent choices of how each part is expressed in ONNX. ``validate()`` rejects
+combinations that do not describe a real model, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+LAYOUTS = ("linear", "nchw", "mha_conv")
+PROJECTIONS = ("matmul", "matmul_bias", "gemm", "gemm_transb")
+FUSED = ("none", "split", "slice", "gather")
+HEAD_SPLITS = ("reshape_transpose", "fused_kt", "folded")
+SCALINGS = ("div_scores", "mul_scores", "mul_q", "mul_qk", "none", "shape")
+MASKS = ("none", "causal", "additive_input", "bool_input", "per_head", "sliding_window")
+ROPES = ("none", "rotate_half", "half_split", "interleaved", "rotary_op")
+GQA_REPEATS = ("expand", "tile", "broadcast")
+PAST_KV = ("none", "full", "new_only", "full_transposed_key")
+
+
+class ConfigError(ValueError):
+    """The configuration does not describe a consistent model."""
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    # sizes
+    batch: int = 1
+    seq: int = 4
+    past: int = 0
+    hidden: int = 32
+    heads: int = 4
+    kv_heads: int = 4
+    head_dim: int | None = None  # default hidden // heads
+    layers: int = 1
+    dtype: str = "float32"  # or "float16" (weights and activations)
+    dynamic: bool = False  # symbolic batch / sequence dimensions
+    # how it is expressed
+    layout: str = "linear"
+    projection: str = "matmul"
+    fused_qkv: str = "none"
+    cross_attention: bool = False
+    kv_seq: int | None = None  # cross-attention source length (default seq)
+    head_split: str = "reshape_transpose"
+    reshape_minus_one: bool = False
+    scaling: str = "div_scores"
+    mask: str = "causal"
+    window: int = 2  # sliding window size
+    mask_fill: float = -1.0e4
+    softmax_cast: bool = False
+    nan_guard: bool = False
+    rope: str = "none"
+    rotary_fraction: float = 1.0  # partial rotary: fraction of the head dim rotated
+    gqa_repeat: str = "expand"
+    past_kv: str = "none"
+    lora_rank: int = 0
+    lora_adaptors: int = 1
+    lora_alpha_input: bool = False
+    alibi: bool = False
+    qk_norm: bool = False
+    relative_bias: bool = False
+    attention_op: bool = False  # the opset-23 Attention op as the core
+    mlp: bool = True
+    # naming and order
+    names: str = "readable"  # or "opaque" (onnx::MatMul_597, val_39)
+    shuffle: bool = False
+
+    # -- derived sizes -------------------------------------------------------------------
+    @property
+    def d(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden // self.heads
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        r = int(round(self.d * self.rotary_fraction))
+        return r - r % 2
+
+    @property
+    def t(self) -> int:
+        """Key length: cross-attention source, else past + new."""
+        if self.cross_attention:
+            return self.kv_seq if self.kv_seq is not None else self.seq
+        return self.past + self.seq
+
+    @property
+    def has_past(self) -> bool:
+        return self.past_kv != "none"
+
+    @property
+    def opset(self) -> int:
+        return 23 if (self.rope == "rotary_op" or self.attention_op) else 17
+
+    def with_(self, **changes) -> AttentionConfig:
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> AttentionConfig:
+        def need(cond: bool, why: str) -> None:
+            if not cond:
+                raise ConfigError(why)
+
+        for name, allowed in (
+            ("layout", LAYOUTS), ("projection", PROJECTIONS), ("fused_qkv", FUSED), ("head_split", HEAD_SPLITS),
+            ("scaling", SCALINGS), ("mask", MASKS), ("rope", ROPES), ("gqa_repeat", GQA_REPEATS), ("past_kv", PAST_KV),
+        ):
+            need(getattr(self, name) in allowed, f"{name} must be one of {allowed}")
+        need(self.heads % self.kv_heads == 0, "heads must be a multiple of kv heads")
+        need(self.batch >= 1 and self.seq >= 1 and self.layers >= 1, "sizes must be positive")
+        need(self.d >= 2 and self.d % 2 == 0, "head dim must be even (RoPE pairs)")
+        need(self.dtype in ("float32", "float16"), "dtype is float32 or float16")
+        need(self.names in ("readable", "opaque"), "names is readable or opaque")
+        if self.head_dim is None:
+            need(self.hidden % self.heads == 0, "hidden must be a multiple of heads when head_dim is not given")
+        if self.rope != "none":
+            need(self.rotary_dim >= 2, "rotary dim must be at least 2")
+            need(not self.cross_attention, "RoPE is not used with cross-attention")
+        need(self.past == 0 or self.has_past, "past length needs a past_kv form")
+        if self.has_past:
+            need(not self.cross_attention, "past KV is for self-attention")
+        if self.cross_attention:
+            need(self.mask in ("none", "additive_input", "bool_input"), "cross-attention takes no causal mask")
+        if self.fused_qkv != "none":
+            need(not self.cross_attention, "fused QKV reads one input")
+            need(self.layout == "linear", "fused QKV is built for the linear layout")
+            need(self.projection in ("matmul", "matmul_bias", "gemm", "gemm_transb"), "fused QKV needs a linear projection")
+        if self.fused_qkv == "gather":
+            need(self.kv_heads == self.heads, "the [B, S, 3, H, D] Gather form needs kv heads == heads")
+        if self.layout == "nchw":
+            need(self.projection == "matmul", "the NCHW layout uses 1x1 Conv projections (projection=matmul)")
+            need(self.head_split == "reshape_transpose", "the NCHW layout has its own head split")
+            need(self.lora_rank == 0, "LoRA is built for linear layouts")
+            need(self.rope == "none" and not self.qk_norm and not self.has_past, "the NCHW layout is built like SD attention: no RoPE, q/k norm or cache")
+            need(self.gqa_repeat != "broadcast" or self.group == 1, "the NCHW layout repeats kv heads with Expand or Tile")
+        if self.layout == "mha_conv":
+            need(self.projection == "matmul" and self.fused_qkv == "none", "mha-conv replaces MatMul projections")
+        if self.head_split == "folded":
+            need(self.kv_heads == self.heads, "heads folded into batch are built without GQA")
+            need(not self.attention_op, "folded heads use a Softmax core")
+            need(self.mask in ("none", "causal", "sliding_window"), "folded heads take constant [S, T] masks")
+            need(self.batch == 1 or not (self.alibi or self.relative_bias), "per-head biases with folded heads need batch 1")
+            need(self.batch == 1 or self.mask != "per_head", "per-head masks with folded heads need batch 1")
+        if self.gqa_repeat == "broadcast" and self.group > 1:
+            need(self.head_split == "reshape_transpose", "the 5-D broadcast GQA form uses plain head splits")
+        if self.attention_op:
+            need(self.scaling in ("div_scores", "none"), "the Attention op has one scale attribute")
+            need(self.mask in ("none", "causal", "additive_input", "bool_input"), "Attention op masks: causal flag or an input")
+            need(not (self.alibi or self.relative_bias), "biases go through attn_mask; not built with the Attention op")
+            need(not self.softmax_cast and not self.nan_guard, "the Attention op has no visible softmax")
+            need(self.past_kv in ("none", "full"), "the Attention op returns the full cache")
+            need(self.head_split == "reshape_transpose", "the Attention op reads [B, H, S, D]")
+            need(self.layout == "linear", "the Attention op is built for the linear layout")
+        if self.head_split == "fused_kt":
+            need(self.rope == "none" and not self.qk_norm, "a fused K transpose leaves no [.., S, D] key for RoPE or q/k norm")
+        if self.past_kv == "full_transposed_key":
+            need(self.head_split in ("reshape_transpose", "fused_kt"), "the transposed key cache needs K^T from a plain split")
+            need(self.gqa_repeat != "broadcast" or self.group == 1, "transposed key cache with broadcast GQA is not built")
+        if self.lora_rank:
+            need(self.layout == "linear" and self.fused_qkv == "none", "LoRA is built on separate linear projections")
+            need(self.projection in ("matmul", "matmul_bias"), "LoRA is built on MatMul projections")
+        if self.mask == "sliding_window":
+            need(not self.cross_attention, "sliding window is causal")
+        return self

@@ -1,0 +1,1 @@
+"""Bundled example models (being written by helper B, see PARALLEL_WORK.md)."""

@@ -1,0 +1,143 @@
+"""The closed-form computation of a built model, from its parameters (never from its graph).
+
+Everything here is refimpl.functional and numpy in float64 (or the requested dtype): it is
+the oracle the built graphs are checked against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import refimpl.functional as F
+from fuzz.config import AttentionConfig
+from fuzz.params import LayerParams, ModelParams
+
+
+def masks_for(cfg: AttentionConfig, feeds: dict, dtype) -> np.ndarray | None:
+    """The additive mask (or None) the graph applies, as [B or 1, 1, S, T]."""
+    s, t, fill = cfg.seq, cfg.t, cfg.mask_fill
+    if cfg.mask in ("causal", "per_head"):
+        allowed = F.causal_mask(s, t)
+    elif cfg.mask == "sliding_window":
+        i = np.arange(s)[:, None] + (t - s)
+        j = np.arange(t)[None, :]
+        allowed = (j <= i) & (j > i - cfg.window)
+    elif cfg.mask == "additive_input":
+        return feeds["attention_mask"].astype(dtype)
+    elif cfg.mask == "bool_input":
+        return np.where(feeds["attention_mask"], 0.0, fill).astype(dtype)
+    else:
+        return None
+    return np.where(allowed, 0.0, fill).astype(dtype)[None, None]
+
+
+def _project(cfg: AttentionConfig, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, lora=None, alphas=None) -> np.ndarray:
+    y = x @ w
+    if b is not None:
+        y = y + b
+    if lora:
+        for adaptor, alpha in zip(lora, alphas):
+            y = y + F.lora_delta(x, adaptor.a, adaptor.b, alpha=alpha)
+    return y
+
+
+def _heads(x: np.ndarray, n: int, d: int) -> np.ndarray:
+    b, s, _ = x.shape
+    return x.reshape(b, s, n, d).transpose(0, 2, 1, 3)
+
+
+def _rope(cfg: AttentionConfig, params: ModelParams, feeds: dict, x: np.ndarray) -> np.ndarray:
+    r = cfg.rotary_dim
+    if cfg.rope in ("rotate_half", "rotary_op"):
+        pos = feeds["position_ids"].astype(np.float64)
+        freqs = pos[..., None] * params.inv_freq  # [B, S, R/2]
+        if cfg.rope == "rotate_half":
+            emb = np.concatenate([freqs, freqs], axis=-1)
+            return F.rotary_embedding(x, np.cos(emb)[:, None].astype(x.dtype), np.sin(emb)[:, None].astype(x.dtype), form="rotate_half", rotary_dim=r)
+        cos_cache = np.cos(np.arange(params.rope_cache_positions)[:, None] * params.inv_freq)
+        sin_cache = np.sin(np.arange(params.rope_cache_positions)[:, None] * params.inv_freq)
+        p = feeds["position_ids"]
+        return F.rotary_embedding(x, cos_cache[p][:, None].astype(x.dtype), sin_cache[p][:, None].astype(x.dtype), form="half_split", rotary_dim=r)
+    cos, sin = feeds["cos"][:, None].astype(x.dtype), feeds["sin"][:, None].astype(x.dtype)
+    return F.rotary_embedding(x, cos, sin, form="half_split" if cfg.rope == "half_split" else "interleaved", rotary_dim=r)
+
+
+def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams, layer: int, x: np.ndarray, feeds: dict, dtype) -> tuple[np.ndarray, dict]:
+    h, kv, d = cfg.heads, cfg.kv_heads, cfg.d
+    source = x
+    if cfg.cross_attention:
+        source = feeds["encoder_hidden_states"].astype(dtype)
+        if cfg.layout == "nchw":
+            source = source[:, :, 0, :].transpose(0, 2, 1)
+    alphas = [feeds["lora_alpha"].reshape(-1)[0] * (k + 1) if cfg.lora_alpha_input else a for k, a in enumerate(lp.lora_alpha)]
+    q = _project(cfg, x, lp.wq, lp.bq, lp.lora.get("q"), alphas)
+    k = _project(cfg, source, lp.wk, lp.bk, lp.lora.get("k"), alphas)
+    v = _project(cfg, source, lp.wv, lp.bv, lp.lora.get("v"), alphas)
+    q, k, v = _heads(q, h, d), _heads(k, kv, d), _heads(v, kv, d)
+    if cfg.qk_norm:
+        q = F.rms_norm(q, lp.q_norm, eps=1e-6)
+        k = F.rms_norm(k, lp.k_norm, eps=1e-6)
+    if cfg.rope != "none":
+        q, k = _rope(cfg, params, feeds, q), _rope(cfg, params, feeds, k)
+    presents = {}
+    new_k, new_v = k, v
+    if cfg.has_past:
+        pk = feeds[f"past_key_{layer}"].astype(dtype)
+        if cfg.past_kv == "full_transposed_key":
+            pk = np.swapaxes(pk, -1, -2)
+        k = np.concatenate([pk, k], axis=2)
+        v = np.concatenate([feeds[f"past_value_{layer}"].astype(dtype), v], axis=2)
+        if cfg.past_kv == "new_only":
+            presents = {f"present_key_{layer}": new_k, f"present_value_{layer}": new_v}
+        elif cfg.past_kv == "full_transposed_key":
+            presents = {f"present_key_{layer}": np.swapaxes(k, -1, -2), f"present_value_{layer}": v}
+        else:
+            presents = {f"present_key_{layer}": k, f"present_value_{layer}": v}
+    # Which kv head each query head reads: h // group, except Tile repeats the whole block.
+    tiled = cfg.gqa_repeat == "tile" and not cfg.attention_op  # the Attention op groups h // group
+    kv_index = (np.arange(h) % kv) if tiled else (np.arange(h) // cfg.group)
+    k_rep, v_rep = k[:, kv_index], v[:, kv_index]
+    scale = 1.0 if cfg.scaling == "none" else 1.0 / math.sqrt(d)
+    bias = masks_for(cfg, feeds, dtype)
+    extra = np.zeros((1, h, cfg.seq, cfg.t), dtype)
+    if lp.per_head_mask is not None:
+        extra = extra + lp.per_head_mask[None]
+    if lp.alibi_slopes is not None:
+        i = np.arange(cfg.seq)[:, None] + (cfg.t - cfg.seq)
+        j = np.arange(cfg.t)[None, :]
+        extra = extra + lp.alibi_slopes[None, :, None, None] * (j - i)[None, None]
+    if lp.rel_table is not None:
+        extra = extra + lp.rel_table[params.rel_buckets].transpose(2, 0, 1)[None]
+    mask = extra if bias is None else bias + extra
+    out = F.scaled_dot_product_attention(q, k_rep, v_rep, mask=mask.astype(dtype), scale=scale)
+    if cfg.nan_guard:
+        out = np.nan_to_num(out, nan=0.0)
+    b, _, s, _ = out.shape
+    merged = out.transpose(0, 2, 1, 3).reshape(b, s, h * d)
+    y = merged @ lp.wo
+    if lp.bo is not None:
+        y = y + lp.bo
+    return y, presents
+
+
+def reference(cfg: AttentionConfig, params: ModelParams, feeds: dict, *, dtype=np.float64) -> dict[str, np.ndarray]:
+    """Outputs of the model described by ``cfg`` and ``params`` on ``feeds``."""
+    x = feeds["hidden_states"].astype(dtype)
+    if cfg.layout == "nchw":
+        x = x[:, :, 0, :].transpose(0, 2, 1)  # [B, E, 1, S] -> [B, S, E]
+    outputs: dict[str, np.ndarray] = {}
+    for layer, lp in enumerate(params.layers):
+        hn = F.rms_norm(x, lp.norm1, eps=1e-6)
+        attn, presents = _attention_layer(cfg, params, lp, layer, hn, feeds, dtype)
+        outputs.update(presents)
+        x = x + attn
+        if cfg.mlp:
+            h2 = F.rms_norm(x, lp.norm2, eps=1e-6)
+            gate = h2 @ lp.w_gate
+            x = x + ((gate / (1 + np.exp(-gate))) * (h2 @ lp.w_up)) @ lp.w_down
+    if cfg.layout == "nchw":
+        x = x.transpose(0, 2, 1)[:, :, None, :]
+    outputs["output"] = x
+    return outputs
