@@ -116,6 +116,7 @@ class _Walker:
         self.stops: list[tuple[str, ir.Node, str]] = []  # (path, node, reason)
         self.path_override: dict[ir.Node, list[str]] = {}
         self.keep_rank_inputs: dict[ir.Node, frozenset[int]] = {}
+        self.root_sizes: list = []  # sizes of the candidate roots (batch axes of the scores)
 
     # -- registration ----------------------------------------------------------------
     def add_instance(self, inst: Instance) -> None:
@@ -188,7 +189,10 @@ class _Walker:
                 return None
             weight_index = 1
         channel = layout[axis]
-        if not any(a.root is not None and not a.broadcast and a.extent != 1 for a in channel.atoms):
+        # Head digits next to free channel digits (size-1 head digits too: a single head).
+        has_head = any(a.root is not None and not a.broadcast for a in channel.atoms)
+        has_free = any(a.root is None and a.extent != 1 for a in channel.atoms)
+        if not has_head or not (has_free or any(a.extent != 1 for a in channel.atoms)):
             return None
         return Projection(node, layout, axis, weight_index, path)
 
@@ -286,18 +290,17 @@ def _head_space(walker: _Walker, anchor: ir.Node) -> HeadSpace:
     for proj in walker.projections.values():
         if proj.path != "q":
             continue
-        found = [
-            (a.root, a.div, a.mod)
-            for a in proj.layout[proj.channel].atoms
-            if a.root is not None and not a.broadcast and a.extent != 1
-        ]
+        found = [(a.root, a.div, a.mod) for a in proj.layout[proj.channel].atoms if a.root is not None and not a.broadcast]
         if any(m is None for _, _, m in found):
             raise BlockError("the head count is not static", proj.node)
+        found = [f for f in found if f[2] != 1]
         if digits is None:
             digits = found  # type: ignore[assignment]
         elif digits != found:
             raise BlockError("query projections disagree on the head layout", proj.node)
     if digits is None:
+        if walker.root_sizes and all(size == 1 for size in walker.root_sizes[1:]):
+            raise BlockError("the attention has a single head: nothing to split", anchor)
         stops = [(n, r) for p, n, r in walker.stops if p == "q"]
         if stops:
             node, reason = stops[0]
@@ -493,6 +496,7 @@ def analyze_softmax(name: str, softmax: ir.Node, group: int = 1) -> Block:
         raise BlockError("the softmax output does not reach MatMul(P, V)", softmax)
     pv, between = found
     walker = _Walker()
+    walker.root_sizes = list(sd[:-2])
     layout: Layout = tuple(_root_axis(sd[i], i) for i in range(len(sd) - 2)) + (
         Axis((free(sd[-2]),)),
         Axis((free(sd[-1]),)),

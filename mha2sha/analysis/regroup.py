@@ -189,9 +189,14 @@ def regroup(src_axes: tuple[Axis, ...], src_dims: list[Size], dst_dims: list[Siz
                 result[k] = Axis((Atom(dst_dims[k]),))
             continue
         if any(windows):
-            if len(gd) == 1 and len(gs) == 1:
-                ax = group_axes[0]
-                result[gd[0]] = Axis(ax.atoms, ax.offset, dst_dims[gd[0]])
+            real_src = [i for i in gs if src_dims[i] != 1 or src_axes[i].is_window]
+            real_dst = [k for k in gd if dst_dims[k] != 1]
+            if len(real_src) == 1 and len(real_dst) == 1:
+                # One real axis on each side (others have size 1): the window carries over.
+                ax = src_axes[real_src[0]]
+                for k in gd:
+                    result[k] = Axis(())
+                result[real_dst[0]] = Axis(ax.atoms, ax.offset, dst_dims[real_dst[0]])
                 continue
             if len(gd) == 1 and not any(windows[1:]):
                 # Only the outermost axis is a window: the merged axis is a window too.

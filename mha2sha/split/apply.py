@@ -52,7 +52,9 @@ def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cach
     targets: list[tuple[ir.Value, list]] = []
     seen: set[int] = set()
     for (value, layout), _ in block.produced.items():
-        if id(value) in seen:
+        if id(value) in seen or any(ax.is_window for ax in layout):
+            # A window of a fused projection read outside the block (the K/V part of a
+            # fused QKV when K/V are shared): the original projection stays and feeds it.
             continue
         outside = [u for u in value.uses() if id(u.node) not in block_nodes and _needed_outside(u.node, block_nodes)]
         if outside or value.is_graph_output():

@@ -267,23 +267,36 @@ class BlockSplitter:
                 self._set_piece(value, layout, head, producer.inputs[0], keep_rank)
                 return
         shape = list(value.shape) if value.shape is not None else None
-        for axis, (idx, _) in enumerate(sel):
+        gathered_away: list[int] = []
+        for axis, (idx, removed) in enumerate(sel):
             if idx is None:
                 continue
             out = self._value(self._name(tag, value.name, "leaf") + f".sel{axis}", value)
+            if removed and len(idx) == 1:
+                # One head's index on an axis that disappears: a scalar Gather drops it.
+                position = axis - len(gathered_away)
+                self._node("Gather", [current, self._const(f"{self.block.name}.index_{idx[0]}", np.array(idx[0], dtype=np.int64))], {"axis": position}, f"{self.block.name}.{tag}.Gather", [out])
+                gathered_away.append(axis)
+                if shape is not None:
+                    shape = [d for i, d in enumerate(shape) if i != position]
+                    out.shape = ir.Shape(shape)
+                current = out
+                continue
             if shape is not None:
-                shape[axis] = len(idx)
+                shape[axis - len(gathered_away)] = len(idx)
                 out.shape = ir.Shape(shape)
+            axis = axis - len(gathered_away)
             if idx == list(range(idx[0], idx[0] + len(idx))):
                 self._node("Slice", [current, self._ints(tag, "starts", [idx[0]]), self._ints(tag, "ends", [idx[-1] + 1]), self._ints(tag, "axes", [axis])], None, f"{self.block.name}.{tag}.Slice", [out])
             else:
                 self._node("Gather", [current, self._ints(tag, "indices", idx)], {"axis": axis}, f"{self.block.name}.{tag}.Gather", [out])
             current = out
-        if removed_axes:
+        squeeze = [a - sum(1 for g in gathered_away if g < a) for a in removed_axes if a not in gathered_away]
+        if squeeze:
             out = self._value(self._name(tag, value.name, "leaf"), value)
             if shape is not None:
-                out.shape = ir.Shape([d for i, d in enumerate(shape) if i not in removed_axes])
-            self._node("Squeeze", [current, self._ints(tag, "axes", removed_axes)], None, f"{self.block.name}.{tag}.Squeeze", [out])
+                out.shape = ir.Shape([d for i, d in enumerate(shape) if i not in squeeze])
+            self._node("Squeeze", [current, self._ints(tag, "axes", squeeze)], None, f"{self.block.name}.{tag}.Squeeze", [out])
             current = out
         self._set_piece(value, layout, head, current, keep_rank)
 
@@ -478,10 +491,10 @@ class BlockSplitter:
                 mask.append(False)
             else:
                 raise SplitError("a per-head Reshape needs a run-time size that changes with the head", inst.node)
-        gathered = self._value(f"{self.block.name}.{inst.node.name or 'Reshape'}.kept_dims", None, dtype=ir.DataType.INT64)
+        gathered = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.kept_dims"), None, dtype=ir.DataType.INT64)
         self._node("Gather", [original_target, self._ints("shared", "kept_axes", kept_axes)], {"axis": 0}, f"{self.block.name}.target_gather", [gathered])
         mask_value = self._const(f"{self.block.name}.shared.static_mask", np.array(mask, dtype=np.bool_))
-        target = self._value(f"{self.block.name}.{inst.node.name or 'Reshape'}.per_head_shape", None, dtype=ir.DataType.INT64)
+        target = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.per_head_shape"), None, dtype=ir.DataType.INT64)
         node = self._node("Where", [mask_value, self._ints("shared", "static_dims", static), gathered], None, f"{self.block.name}.target_where", [target])
         self.emitted[key] = node
         return target
@@ -513,6 +526,9 @@ class BlockSplitter:
         out_per, _ = per_head_layout(inst.outputs[0], self.space)
         if _same_sizes(in_per, out_per):
             return {0: ins[0]}
+        if len(in_per) != len(out_per):
+            # The repeat disappeared with the head axis: only unit axes differ.
+            return self._reshape_to(inst, ins, head, tag)
         reps = []
         for a, b in zip(in_per, out_per):
             if same_atoms(a.atoms, b.atoms):
