@@ -105,6 +105,23 @@ class _ModelBuilder:
         shape = weight.shape if axis == -1 else (1, weight.shape[0], 1, 1)
         return g.op("Mul", [g.op("Div", [x, denom]), self.w(weight.reshape(shape), f"{role}.weight")], role=role)
 
+    def norm(self, x: str, weight: np.ndarray, bias: np.ndarray | None, role: str, axis: int = -1) -> str:
+        """The norm between layers: RMSNorm (decomposed, as TorchScript exports Llama's) or
+        LayerNorm (the LayerNormalization op; decomposed over the channel axis of NCHW)."""
+        if self.cfg.norm == "rms":
+            return self.rms(x, weight, role, axis)
+        g = self.g
+        if axis == -1:
+            inputs = [x, self.w(weight, f"{role}.weight"), self.w(bias, f"{role}.bias")]
+            return g.op("LayerNormalization", inputs, role=role, axis=-1, epsilon=_EPS)
+        mean = g.reduce_mean(x, [axis])
+        centered = g.op("Sub", [x, mean])
+        var = g.reduce_mean(g.op("Pow", [centered, g.scalar(2.0)]), [axis])
+        normed = g.op("Div", [centered, g.op("Sqrt", [g.op("Add", [var, g.scalar(_EPS)])])])
+        shape = (1, weight.shape[0], 1, 1)
+        scaled = g.op("Mul", [normed, self.w(weight.reshape(shape), f"{role}.weight")])
+        return g.op("Add", [scaled, self.w(bias.reshape(shape), f"{role}.bias")], role=role)
+
     def project(self, x: str, w: np.ndarray, b: np.ndarray | None, role: str, lora=None, alphas=None) -> str:
         """[.., in] -> [.., out] as the config's exporter writes a linear layer."""
         cfg, g = self.cfg, self.g
@@ -421,7 +438,7 @@ class _ModelBuilder:
         channel_axis = 1 if cfg.layout == "nchw" else -1
         for layer, lp in enumerate(self.p.layers):
             g.scope = f"/model/layers.{layer}"
-            hn = self.rms(x, lp.norm1, "input_layernorm", axis=channel_axis)
+            hn = self.norm(x, lp.norm1, lp.norm1_bias, "input_layernorm", axis=channel_axis)
             attn = self.attention(lp, layer, hn)
             g.scope = f"/model/layers.{layer}/self_attn"
             attn = self.project(attn, lp.wo, lp.bo, "o_proj")
@@ -429,7 +446,7 @@ class _ModelBuilder:
             x = g.op("Add", [x, attn], role="residual_add")
             if cfg.mlp:
                 g.scope = f"/model/layers.{layer}/mlp"
-                h2 = self.rms(x, lp.norm2, "post_attention_layernorm", axis=channel_axis)
+                h2 = self.norm(x, lp.norm2, lp.norm2_bias, "post_attention_layernorm", axis=channel_axis)
                 gate = self.project(h2, lp.w_gate, None, "gate_proj")
                 act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), self.project(h2, lp.w_up, None, "up_proj")])
                 x = g.op("Add", [x, self.project(act, lp.w_down, None, "down_proj")])
@@ -439,8 +456,16 @@ class _ModelBuilder:
         return g.model(shuffle_seed=1 if cfg.shuffle else None)
 
 
-def build(config: AttentionConfig, *, seed: int = 0) -> BuiltModel:
-    """Build ``config`` with parameters drawn from ``seed``; deterministic."""
+def build(config: AttentionConfig, *, seed: int = 0, names: str | None = None, topo_shuffle: bool | None = None) -> BuiltModel:
+    """Build ``config`` with parameters drawn from ``seed``; deterministic.
+
+    ``names`` ("readable" / "opaque") and ``topo_shuffle`` override the config's ``names`` and
+    ``shuffle`` (the parameters do not depend on either).
+    """
+    if names is not None:
+        config = config.with_(names=names)
+    if topo_shuffle is not None:
+        config = config.with_(shuffle=topo_shuffle)
     config.validate()
     params = draw_params(config, seed)
     model = _ModelBuilder(config, params).build()

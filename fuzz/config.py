@@ -18,6 +18,8 @@ MASKS = ("none", "causal", "additive_input", "bool_input", "per_head", "sliding_
 ROPES = ("none", "rotate_half", "half_split", "interleaved", "rotary_op")
 GQA_REPEATS = ("expand", "tile", "broadcast")
 PAST_KV = ("none", "full", "new_only", "full_transposed_key")
+NORMS = ("rms", "layer")  # between layers: RMSNorm (Llama) or LayerNorm with bias (GPT-2, BERT)
+OPSETS = tuple(range(17, 24))
 
 
 class ConfigError(ValueError):
@@ -63,6 +65,8 @@ class AttentionConfig:
     relative_bias: bool = False
     attention_op: bool = False  # the opset-23 Attention op as the core
     mlp: bool = True
+    norm: str = "rms"
+    target_opset: int | None = None  # None: 17 (TorchScript-like), 23 when an opset-23 op is used
     # naming and order
     names: str = "readable"  # or "opaque" (onnx::MatMul_597, val_39)
     shuffle: bool = False
@@ -93,8 +97,14 @@ class AttentionConfig:
         return self.past_kv != "none"
 
     @property
+    def needs_opset_23(self) -> bool:
+        return self.rope == "rotary_op" or self.attention_op
+
+    @property
     def opset(self) -> int:
-        return 23 if (self.rope == "rotary_op" or self.attention_op) else 17
+        if self.target_opset is not None:
+            return self.target_opset
+        return 23 if self.needs_opset_23 else 17
 
     def with_(self, **changes) -> AttentionConfig:
         return replace(self, **changes)
@@ -110,6 +120,7 @@ class AttentionConfig:
         for name, allowed in (
             ("layout", LAYOUTS), ("projection", PROJECTIONS), ("fused_qkv", FUSED), ("head_split", HEAD_SPLITS),
             ("scaling", SCALINGS), ("mask", MASKS), ("rope", ROPES), ("gqa_repeat", GQA_REPEATS), ("past_kv", PAST_KV),
+            ("norm", NORMS),
         ):
             need(getattr(self, name) in allowed, f"{name} must be one of {allowed}")
         need(self.heads % self.kv_heads == 0, "heads must be a multiple of kv heads")
@@ -117,6 +128,8 @@ class AttentionConfig:
         need(self.d >= 2 and self.d % 2 == 0, "head dim must be even (RoPE pairs)")
         need(self.dtype in ("float32", "float16"), "dtype is float32 or float16")
         need(self.names in ("readable", "opaque"), "names is readable or opaque")
+        need(self.target_opset is None or self.target_opset in OPSETS, f"target_opset must be one of {OPSETS}")
+        need(self.opset >= 23 or not self.needs_opset_23, "the RotaryEmbedding and Attention ops need opset 23")
         if self.head_dim is None:
             need(self.hidden % self.heads == 0, "hidden must be a multiple of heads when head_dim is not given")
         if self.rope != "none":

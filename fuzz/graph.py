@@ -102,5 +102,6 @@ class GraphBuilder:
             nodes = [nodes[i] for i in order]
         graph = helper.make_graph(nodes, "attention", self.inputs, self.outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="mha2sha-fuzz")
-        model.ir_version = 10 if self.opset >= 21 else 8
+        # The lowest IR version that knows this opset, as the exporters of that opset wrote.
+        model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", self.opset)])
         return model

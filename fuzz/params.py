@@ -46,6 +46,8 @@ class LayerParams:
     w_gate: np.ndarray | None = None
     w_up: np.ndarray | None = None
     w_down: np.ndarray | None = None
+    norm1_bias: np.ndarray | None = None  # LayerNorm only
+    norm2_bias: np.ndarray | None = None
 
 
 @dataclass
@@ -97,6 +99,8 @@ def draw_params(cfg: AttentionConfig, seed: int) -> ModelParams:
             lp.rel_table = w((8, h), 1.0)
         if cfg.mlp:
             lp.w_gate, lp.w_up, lp.w_down = w((e, inter), 1 / math.sqrt(e)), w((e, inter), 1 / math.sqrt(e)), w((inter, e), 1 / math.sqrt(inter))
+        if cfg.norm == "layer":  # drawn last: RMSNorm models keep the weights of earlier versions
+            lp.norm1_bias, lp.norm2_bias = w(e, 0.1), w(e, 0.1)
         layers.append(lp)
     mp = ModelParams(layers)
     if cfg.rope in ("rotate_half", "rotary_op"):

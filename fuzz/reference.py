@@ -122,6 +122,12 @@ def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams,
     return y, presents
 
 
+def _norm(cfg: AttentionConfig, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    if cfg.norm == "layer":
+        return F.layer_norm(x, weight, bias, eps=1e-6)
+    return F.rms_norm(x, weight, eps=1e-6)
+
+
 def reference(cfg: AttentionConfig, params: ModelParams, feeds: dict, *, dtype=np.float64) -> dict[str, np.ndarray]:
     """Outputs of the model described by ``cfg`` and ``params`` on ``feeds``."""
     x = feeds["hidden_states"].astype(dtype)
@@ -129,12 +135,12 @@ def reference(cfg: AttentionConfig, params: ModelParams, feeds: dict, *, dtype=n
         x = x[:, :, 0, :].transpose(0, 2, 1)  # [B, E, 1, S] -> [B, S, E]
     outputs: dict[str, np.ndarray] = {}
     for layer, lp in enumerate(params.layers):
-        hn = F.rms_norm(x, lp.norm1, eps=1e-6)
+        hn = _norm(cfg, x, lp.norm1, lp.norm1_bias)
         attn, presents = _attention_layer(cfg, params, lp, layer, hn, feeds, dtype)
         outputs.update(presents)
         x = x + attn
         if cfg.mlp:
-            h2 = F.rms_norm(x, lp.norm2, eps=1e-6)
+            h2 = _norm(cfg, x, lp.norm2, lp.norm2_bias)
             gate = h2 @ lp.w_gate
             x = x + ((gate / (1 + np.exp(-gate))) * (h2 @ lp.w_up)) @ lp.w_down
     if cfg.layout == "nchw":
