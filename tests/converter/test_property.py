@@ -57,9 +57,10 @@ def check_conversion(cfg, heads_per_block: int = 1, seed: int = 3):
     # sqrt(head dim) becomes a float32 constant): refimpl on the original and converted models.
     mha64 = refimpl.run(built.model, feeds, dtype=np.float64)
     sha64 = merge_outputs(refimpl.run(converted, f2, dtype=np.float64), result)
+    exact_tol = 2e-3 if cfg.dtype == "float16" else 1e-6  # a folded constant is rounded to the model dtype
     for name, expected in mha64.items():
         err = float(np.abs(sha64[name] - expected).max()) / max(1.0, float(np.abs(expected).max()))
-        assert err < 1e-6, f"{name}: float64 SHA differs from float64 MHA by {err:.2e}"
+        assert err < exact_tol, f"{name}: float64 SHA differs from float64 MHA by {err:.2e}"
     if not cfg.attention_op:
         per_core = cfg.batch * heads_per_block * cfg.seq * cfg.t
         assert all(size == per_core for size in _core_sizes(converted, f2)), "a core computes more than its heads"
