@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--encodings", help="encodings of ORIGINAL")
     p.add_argument("--sha-encodings", help="encodings of SHA")
     p.add_argument("-o", "--output", required=True, help="folder for verification_report.json/.md")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of the random inputs (default: 42)")
+    p.add_argument("--no-end-to-end", action="store_true", help="only the per-block checks")
     _common(p)
 
     p = sub.add_parser("demo", help="convert a bundled example and print its verification report")

@@ -1,0 +1,46 @@
+"""`make demo`: convert a bundled example model and show its verification report."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def run_demo(output: str | Path, example: str = "llama3-tiny") -> int:
+    from fuzz import examples
+
+    from mha2sha.api import ConvertOptions, convert
+    from mha2sha.cli import blocks_table
+    from verify.report import verdict_table
+
+    out = Path(output)
+    src = out / "example"
+    shutil.rmtree(src, ignore_errors=True)
+    paths = examples.write_example(example, src)
+    model = paths.get("model") or next(p for p in paths.values() if str(p).endswith(".onnx"))
+    encodings = paths.get("encodings")
+    print(f"example {example}: {examples.EXAMPLES[example].description}")
+    print(f"  model     {model}")
+    try:
+        import mha2sha.encodings  # noqa: F401
+
+        have_reader = True
+    except ImportError:
+        have_reader = False
+    if encodings and have_reader:
+        print(f"  encodings {encodings}")
+    sha_dir = out / "sha"
+    shutil.rmtree(sha_dir, ignore_errors=True)
+    result = convert(model, sha_dir, ConvertOptions(encodings=encodings if have_reader else None))
+    print()
+    print(blocks_table(result.blocks))
+    print()
+    for label, path in (("model", result.model_path), ("encodings", result.encodings_path), ("name mapping", result.mapping_path)):
+        if path:
+            print(f"wrote {label:<12} {path}")
+    for kind, path in result.report_paths.items():
+        print(f"wrote report ({kind}) {path}")
+    print()
+    print(verdict_table(result.report))
+    print(f"\nVerification Status {'OK' if result.ok else 'FAIL'} ({result.seconds:.1f} s)")
+    return result.exit_code
