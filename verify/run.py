@@ -286,6 +286,21 @@ def verify_end_to_end(original_path: Path, converted_path: Path, feeds: dict[str
     }
 
 
+def block_specs(original_path: Path, *, allow_hard_links: bool = False, **split_options) -> tuple[list[BlockSpec], list]:
+    """The blocks of a model as mha2sha converts them (same names in the converted model).
+
+    Returns the specs and the block reports (converted or not)."""
+    from mha2sha.graph.io import load_model
+    from mha2sha.pipeline import split_model
+
+    split = split_model(load_model(original_path, allow_hard_links=allow_hard_links).model, **split_options)
+    specs = [
+        BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features), dict(rec.io_splits))
+        for rec, b in zip(split.records, split.converted)
+    ]
+    return specs, split.blocks
+
+
 def _graph_proto(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=False)
 
