@@ -307,9 +307,7 @@ class _ModelBuilder:
         v = self.repeat_kv(v, False)
         kt = k if key_transposed else g.transpose(k, [0, 1, 3, 2])
         if cfg.head_split == "folded":
-            q = g.reshape(q, [-1, cfg.seq, d])
-            kt = g.reshape(kt, [-1, d, cfg.t])
-            v = g.reshape(v, [-1, cfg.t, d])
+            q, kt, v = self._fold(q, [cfg.seq, d], 0), self._fold(kt, [d, cfg.t], 1), self._fold(v, [cfg.t, d], 0)
         broadcast = cfg.gqa_repeat == "broadcast" and cfg.group > 1
         if broadcast:
             q = g.reshape(q, [0, kv, cfg.group, -1, d])
@@ -329,15 +327,21 @@ class _ModelBuilder:
             dim = g.op("Gather", [g.op("Shape", [q]), g.const(np.array(-1, np.int64), "idx")], axis=0)
             sqrt = g.op("Sqrt", [g.op("Cast", [dim], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(self.dt)))])
             scores = g.op("Div", [scores, sqrt])
-        for term in self.scores_bias(lp):
-            if cfg.head_split == "folded":
-                term = g.reshape(term, [-1, cfg.seq, cfg.t])
+        terms = self.scores_bias(lp)
+        folded_view = cfg.head_split == "folded" and cfg.folded_view and (terms or cfg.mask == "bool_input")
+        if folded_view:  # BART / Whisper: masks and biases are added in a [B, H, S, T] view
+            scores = self._scores_view(scores)
+        for term in terms:
+            if cfg.head_split == "folded" and not folded_view:
+                term = g.reshape(term, [-1, cfg.seq, cfg.t])  # constants, static like the mask itself
             elif broadcast:
                 term = g.reshape(g.op("Expand", [term, g.ints([1, h, 1, 1], "shape")]) if term != "attention_mask" else term, [0, kv if term != "attention_mask" else 1, -1, cfg.seq, cfg.t])
             scores = g.op("Add", [scores, term])
         if cfg.mask == "bool_input":
             mask = "attention_mask" if not broadcast else g.unsqueeze("attention_mask", [1])
             scores = g.op("Where", [mask, scores, g.scalar(cfg.mask_fill)])
+        if folded_view:
+            scores = self._scores_refold(scores)
         if cfg.softmax_cast:
             scores = g.op("Cast", [scores], to=onnx.TensorProto.FLOAT)
         probs = g.op("Softmax", [scores], axis=-1, role="Softmax")
@@ -349,8 +353,44 @@ class _ModelBuilder:
         if broadcast:
             out = g.reshape(out, [0, h, -1, d])
         if cfg.head_split == "folded":
-            out = g.reshape(out, [-1, h, cfg.seq, d])
+            out = self._unfold(out)
         return self.merge_heads(out)
+
+    def _fold(self, x: str, inner: list[int], seq_at: int) -> str:
+        """[B, H, a, b] -> [B*H, a, b] (heads folded into batch); ``seq_at`` is the index in
+        ``inner`` of the sequence length. Static target, or with symbolic dims the form that
+        BART / Whisper TorchScript exports write: [Shape(x)[0] * H, .., -1 for the sequence, ..].
+        (A static S next to a symbolic batch would tie S to the example size.)"""
+        cfg, g = self.cfg, self.g
+        if not cfg.dynamic:
+            return g.reshape(x, [-1, *inner])
+        batch = g.op("Gather", [g.op("Shape", [x]), g.ints([0], "idx")], axis=0)
+        lead = g.op("Mul", [batch, g.ints([cfg.heads], "heads")])
+        rest = [-1 if k == seq_at else n for k, n in enumerate(inner)]
+        return g.reshape(x, g.op("Concat", [lead, g.ints(rest, "shape")], axis=0))
+
+    def _scores_view(self, scores: str) -> str:
+        """Folded scores [B*H, S, T] viewed as [B, H, S, T]."""
+        cfg, g = self.cfg, self.g
+        if not cfg.dynamic:
+            return g.reshape(scores, [-1, cfg.heads, cfg.seq, cfg.t])
+        batch = g.op("Gather", [g.op("Shape", ["hidden_states"]), g.ints([0], "idx")], axis=0)
+        lengths = g.op("Shape", [scores], start=1)
+        return g.reshape(scores, g.op("Concat", [batch, g.ints([cfg.heads], "heads"), lengths], axis=0))
+
+    def _scores_refold(self, scores: str) -> str:
+        cfg, g = self.cfg, self.g
+        if not cfg.dynamic:
+            return g.reshape(scores, [-1, cfg.seq, cfg.t])
+        return g.reshape(scores, g.op("Concat", [g.ints([-1], "lead"), g.op("Shape", [scores], start=2)], axis=0))
+
+    def _unfold(self, x: str) -> str:
+        """[B*H, S, D] -> [B, H, S, D]; with symbolic dims the batch read from the model input."""
+        cfg, g = self.cfg, self.g
+        if not cfg.dynamic:
+            return g.reshape(x, [-1, cfg.heads, cfg.seq, cfg.d])
+        batch = g.op("Gather", [g.op("Shape", ["hidden_states"]), g.ints([0], "idx")], axis=0)
+        return g.reshape(x, g.op("Concat", [batch, g.ints([cfg.heads, -1, cfg.d], "shape")], axis=0))
 
     def _past(self, k: str, v: str, layer: int, key_transposed: bool) -> tuple[str, str, bool]:
         cfg, g = self.cfg, self.g

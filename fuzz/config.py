@@ -46,6 +46,7 @@ class AttentionConfig:
     cross_attention: bool = False
     kv_seq: int | None = None  # cross-attention source length (default seq)
     head_split: str = "reshape_transpose"
+    folded_view: bool = False  # folded heads: masks and biases added in a [B, H, S, T] view (BART)
     reshape_minus_one: bool = False
     scaling: str = "div_scores"
     mask: str = "causal"
@@ -157,9 +158,13 @@ class AttentionConfig:
         if self.head_split == "folded":
             need(self.kv_heads == self.heads, "heads folded into batch are built without GQA")
             need(not self.attention_op, "folded heads use a Softmax core")
-            need(self.mask in ("none", "causal", "sliding_window"), "folded heads take constant [S, T] masks")
-            need(self.batch == 1 or not (self.alibi or self.relative_bias), "per-head biases with folded heads need batch 1")
-            need(self.batch == 1 or self.mask != "per_head", "per-head masks with folded heads need batch 1")
+            if not self.folded_view:
+                need(self.mask in ("none", "causal", "sliding_window"),
+                     "folded heads take constant [S, T] masks (folded_view=True adds any mask in a [B, H, S, T] view)")
+                need((self.batch == 1 and not self.dynamic) or not (self.alibi or self.relative_bias),
+                     "per-head biases on folded scores need a static batch of 1 (or folded_view=True)")
+        else:
+            need(not self.folded_view, "folded_view is for folded heads")
         if self.gqa_repeat == "broadcast" and self.group > 1:
             need(self.head_split == "reshape_transpose", "the 5-D broadcast GQA form uses plain head splits")
         if self.attention_op:

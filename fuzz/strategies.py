@@ -96,6 +96,7 @@ def _configs(draw, fixed: dict, preferred: dict) -> AttentionConfig:
         fused_qkv=draw(st.sampled_from(FUSED)),
         cross_attention=_rare(draw),
         head_split=draw(st.sampled_from(HEAD_SPLITS)),
+        folded_view=draw(st.booleans()),
         reshape_minus_one=draw(st.booleans()),
         scaling=draw(st.sampled_from(SCALINGS)),
         mask=draw(st.sampled_from(MASKS)),
