@@ -15,10 +15,10 @@ import onnx
 
 from fuzz.config import AttentionConfig
 from fuzz.graph import GraphBuilder
-from fuzz.params import LayerParams, ModelParams, draw_params
+from fuzz.params import NORM_EPS, LayerParams, ModelParams, draw_params
 from fuzz.reference import reference
 
-_EPS = 1e-6
+_EPS = NORM_EPS
 
 
 @dataclass

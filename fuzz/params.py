@@ -58,6 +58,14 @@ class ModelParams:
     rel_buckets: np.ndarray | None = None  # [S, T] int64 bucket ids
 
 
+NORM_EPS = 1e-6  # every norm's epsilon (the graph stores it in the model dtype, or float32 attributes)
+
+
+def stored(value, dtype: str) -> float:
+    """A constant as the graph holds it: rounded to the model dtype (float16 or float32)."""
+    return float(np.asarray(value, dtype=np.float16 if dtype == "float16" else np.float32))
+
+
 def _round(x: np.ndarray, dtype: str) -> np.ndarray:
     """Parameters as the model stores them (float16 models store rounded values)."""
     return x.astype(np.float16).astype(np.float64) if dtype == "float16" else x.astype(np.float32).astype(np.float64)
@@ -105,7 +113,7 @@ def draw_params(cfg: AttentionConfig, seed: int) -> ModelParams:
     mp = ModelParams(layers)
     if cfg.rope in ("rotate_half", "rotary_op"):
         r = cfg.rotary_dim
-        mp.inv_freq = 1.0 / (10000.0 ** (np.arange(0, r, 2) / r))
+        mp.inv_freq = _round(1.0 / (10000.0 ** (np.arange(0, r, 2) / r)), cfg.dtype)  # stored as a constant
         mp.rope_cache_positions = cfg.past + cfg.seq + 4
     if cfg.relative_bias:
         i = np.arange(cfg.seq)[:, None] + (cfg.t - cfg.seq)

@@ -1,7 +1,9 @@
 """The closed-form computation of a built model, from its parameters (never from its graph).
 
 Everything here is refimpl.functional and numpy in float64 (or the requested dtype): it is
-the oracle the built graphs are checked against.
+the oracle the built graphs are checked against. Constants the graph stores (the score
+scale, norm epsilons, RoPE tables) are used as stored, rounded to the model dtype, so that
+a float64 evaluation of the graph equals this to float64 rounding, not just to float32.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 import refimpl.functional as F
 from fuzz.config import AttentionConfig
-from fuzz.params import LayerParams, ModelParams
+from fuzz.params import NORM_EPS, LayerParams, ModelParams, stored
 
 
 def masks_for(cfg: AttentionConfig, feeds: dict, dtype) -> np.ndarray | None:
@@ -34,13 +36,25 @@ def masks_for(cfg: AttentionConfig, feeds: dict, dtype) -> np.ndarray | None:
 
 
 def _project(cfg: AttentionConfig, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, lora=None, alphas=None) -> np.ndarray:
-    y = x @ w
-    if b is not None:
-        y = y + b
+    y = F.linear(x, w, b)
     if lora:
         for adaptor, alpha in zip(lora, alphas):
             y = y + F.lora_delta(x, adaptor.a, adaptor.b, alpha=alpha)
     return y
+
+
+def _score_scale(cfg: AttentionConfig) -> float:
+    """The factor on q.k as the graph applies it (its constants rounded to the model dtype)."""
+    d = cfg.d
+    if cfg.scaling == "none":
+        return 1.0
+    if cfg.attention_op or cfg.scaling == "shape":  # computed at run time from the head dim
+        return 1.0 / math.sqrt(d)
+    if cfg.scaling == "div_scores":
+        return 1.0 / stored(math.sqrt(d), cfg.dtype)
+    if cfg.scaling == "mul_qk":
+        return stored(d**-0.25, cfg.dtype) ** 2
+    return stored(1.0 / math.sqrt(d), cfg.dtype)  # mul_scores, mul_q
 
 
 def _heads(x: np.ndarray, n: int, d: int) -> np.ndarray:
@@ -56,8 +70,10 @@ def _rope(cfg: AttentionConfig, params: ModelParams, feeds: dict, x: np.ndarray)
         if cfg.rope == "rotate_half":
             emb = np.concatenate([freqs, freqs], axis=-1)
             return F.rotary_embedding(x, np.cos(emb)[:, None].astype(x.dtype), np.sin(emb)[:, None].astype(x.dtype), form="rotate_half", rotary_dim=r)
-        cos_cache = np.cos(np.arange(params.rope_cache_positions)[:, None] * params.inv_freq)
-        sin_cache = np.sin(np.arange(params.rope_cache_positions)[:, None] * params.inv_freq)
+        angles = np.arange(params.rope_cache_positions)[:, None] * params.inv_freq
+        table_dtype = np.float16 if cfg.dtype == "float16" else np.float32  # stored tables
+        cos_cache = np.cos(angles).astype(table_dtype).astype(np.float64)
+        sin_cache = np.sin(angles).astype(table_dtype).astype(np.float64)
         p = feeds["position_ids"]
         return F.rotary_embedding(x, cos_cache[p][:, None].astype(x.dtype), sin_cache[p][:, None].astype(x.dtype), form="half_split", rotary_dim=r)
     cos, sin = feeds["cos"][:, None].astype(x.dtype), feeds["sin"][:, None].astype(x.dtype)
@@ -77,8 +93,9 @@ def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams,
     v = _project(cfg, source, lp.wv, lp.bv, lp.lora.get("v"), alphas)
     q, k, v = _heads(q, h, d), _heads(k, kv, d), _heads(v, kv, d)
     if cfg.qk_norm:
-        q = F.rms_norm(q, lp.q_norm, eps=1e-6)
-        k = F.rms_norm(k, lp.k_norm, eps=1e-6)
+        eps = stored(NORM_EPS, cfg.dtype)
+        q = F.rms_norm(q, lp.q_norm, eps=eps)
+        k = F.rms_norm(k, lp.k_norm, eps=eps)
     if cfg.rope != "none":
         q, k = _rope(cfg, params, feeds, q), _rope(cfg, params, feeds, k)
     presents = {}
@@ -99,7 +116,7 @@ def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams,
     tiled = cfg.gqa_repeat == "tile" and not cfg.attention_op  # the Attention op groups h // group
     kv_index = (np.arange(h) % kv) if tiled else (np.arange(h) // cfg.group)
     k_rep, v_rep = k[:, kv_index], v[:, kv_index]
-    scale = 1.0 if cfg.scaling == "none" else 1.0 / math.sqrt(d)
+    scale = _score_scale(cfg)
     bias = masks_for(cfg, feeds, dtype)
     extra = np.zeros((1, h, cfg.seq, cfg.t), dtype)
     if lp.per_head_mask is not None:
@@ -116,16 +133,15 @@ def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams,
         out = np.nan_to_num(out, nan=0.0)
     b, _, s, _ = out.shape
     merged = out.transpose(0, 2, 1, 3).reshape(b, s, h * d)
-    y = merged @ lp.wo
-    if lp.bo is not None:
-        y = y + lp.bo
-    return y, presents
+    return F.linear(merged, lp.wo, lp.bo), presents
 
 
 def _norm(cfg: AttentionConfig, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     if cfg.norm == "layer":
-        return F.layer_norm(x, weight, bias, eps=1e-6)
-    return F.rms_norm(x, weight, eps=1e-6)
+        # The LayerNormalization op's epsilon is a float32 attribute; NCHW decomposes it.
+        eps = stored(NORM_EPS, "float32" if cfg.layout != "nchw" else cfg.dtype)
+        return F.layer_norm(x, weight, bias, eps=eps)
+    return F.rms_norm(x, weight, eps=stored(NORM_EPS, cfg.dtype))
 
 
 def reference(cfg: AttentionConfig, params: ModelParams, feeds: dict, *, dtype=np.float64) -> dict[str, np.ndarray]:
@@ -141,8 +157,9 @@ def reference(cfg: AttentionConfig, params: ModelParams, feeds: dict, *, dtype=n
         x = x + attn
         if cfg.mlp:
             h2 = _norm(cfg, x, lp.norm2, lp.norm2_bias)
-            gate = h2 @ lp.w_gate
-            x = x + ((gate / (1 + np.exp(-gate))) * (h2 @ lp.w_up)) @ lp.w_down
+            gate = F.linear(h2, lp.w_gate)
+            silu = gate / (1 + np.exp(-gate))
+            x = x + F.linear(silu * F.linear(h2, lp.w_up), lp.w_down)
     if cfg.layout == "nchw":
         x = x.transpose(0, 2, 1)[:, :, None, :]
     outputs["output"] = x

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
+import refimpl
 from fuzz import AttentionConfig, build
 from fuzz.config import (
     FUSED,
@@ -169,3 +170,17 @@ def test_dropping_the_causal_mask_is_visible(cfg):
     unmasked = build(cfg.with_(mask="none"), seed=0)
     moved = relative_error(unmasked.reference(feeds)["output"], built.reference(feeds)["output"])
     assert moved > 1e-3, f"dropping the mask moves the output by only {moved:.1e}"
+
+
+@settings(max_examples=40)
+@given(attention_configs(dtype="float32"), st.integers(0, 3))
+def test_float64_evaluation_of_the_graph_equals_the_closed_form(cfg, seed):
+    """The reference uses the graph's constants as stored (scale, eps, RoPE tables), so the
+    float64 truth is exact for the graph, not only within float32 error: converter tests
+    compare a float64 evaluation of their output with it at 1e-9."""
+    note(repr(cfg))
+    built = build(cfg, seed=seed)
+    feeds = built.make_feeds(seed)
+    evaluated = refimpl.run(built.model, feeds, dtype=np.float64)
+    for name, expected in built.reference(feeds).items():
+        assert relative_error(evaluated[name], expected) < 1e-11, name
