@@ -150,7 +150,6 @@ class AttentionConfig:
         if self.layout == "nchw":
             need(self.projection == "matmul", "the NCHW layout uses 1x1 Conv projections (projection=matmul)")
             need(self.head_split == "reshape_transpose", "the NCHW layout has its own head split")
-            need(self.lora_rank == 0, "LoRA is built for linear layouts")
             need(self.rope == "none" and not self.qk_norm and not self.has_past, "the NCHW layout is built like SD attention: no RoPE, q/k norm or cache")
             need(self.gqa_repeat != "broadcast" or self.group == 1, "the NCHW layout repeats kv heads with Expand or Tile")
         if self.layout == "mha_conv":
@@ -181,8 +180,8 @@ class AttentionConfig:
             need(self.head_split in ("reshape_transpose", "fused_kt"), "the transposed key cache needs K^T from a plain split")
             need(self.gqa_repeat != "broadcast" or self.group == 1, "transposed key cache with broadcast GQA is not built")
         if self.lora_rank:
-            need(self.layout == "linear" and self.fused_qkv == "none", "LoRA is built on separate linear projections")
-            need(self.projection in ("matmul", "matmul_bias"), "LoRA is built on MatMul projections")
+            need(self.fused_qkv == "none", "LoRA is built on separate q/k/v projections")
+            need(self.projection in ("matmul", "matmul_bias"), "LoRA is built on MatMul (or 1x1 Conv) projections")
         if self.mask == "sliding_window":
             need(not self.cross_attention, "sliding window is causal")
         return self

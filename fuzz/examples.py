@@ -45,22 +45,43 @@ EXAMPLES: dict[str, Example] = {
         "Phi style: one fused qkv projection sliced into q, k, v; partial rotary (half the head dim)",
     ),
     "gpt2-tiny": Example(
-        AttentionConfig(**_DECODER, hidden=64, heads=4, kv_heads=4, projection="gemm", fused_qkv="split", scaling="div_scores"),
-        "GPT-2 style: Gemm projections on 2-D input, fused c_attn split into q, k, v, no RoPE",
+        AttentionConfig(**_DECODER, hidden=64, heads=4, kv_heads=4, projection="gemm", fused_qkv="split", scaling="div_scores",
+                        norm="layer"),
+        "GPT-2 style: Gemm projections on 2-D input, fused c_attn split into q, k, v, LayerNorm, no RoPE",
     ),
     "sd21-attn": Example(
         AttentionConfig(batch=1, seq=8, hidden=64, heads=4, kv_heads=4, layers=1, layout="nchw", cross_attention=True,
-                        kv_seq=6, mask="none", mlp=False),
+                        kv_seq=6, mask="none", mlp=False, norm="layer"),
         "Stable Diffusion 2.1 style: NCHW [B, C, 1, L] activations, 1x1 Conv projections, cross-attention",
     ),
     "mistral-tiny": Example(
         AttentionConfig(**{**_DECODER, "mask": "sliding_window"}, window=3, hidden=64, heads=4, kv_heads=2, rope="rotate_half"),
         "Mistral style: sliding-window causal mask, GQA, RoPE",
     ),
-    "llama-lora-tiny": Example(
-        AttentionConfig(**_DECODER, hidden=64, heads=4, kv_heads=4, rope="rotate_half", lora_rank=4, lora_adaptors=2,
-                        lora_alpha_input=True),
-        "Llama with two LoRA adaptors on q, k, v, alpha fed as a graph input",
+    "llama2-lora-tiny": Example(
+        AttentionConfig(**_DECODER, hidden=64, heads=4, kv_heads=4, rope="rotate_half", layout="mha_conv", lora_rank=4,
+                        lora_adaptors=2, lora_alpha_input=True),
+        "Llama-2 LoRA as the reference preset sees it: Reshape/Transpose/1x1-Conv projections, two LoRA adaptors "
+        "on q, k, v, alpha fed as a graph input",
+    ),
+    "sd21-lora": Example(
+        AttentionConfig(batch=1, seq=8, hidden=64, heads=4, kv_heads=4, layers=1, layout="nchw", cross_attention=True,
+                        kv_seq=6, mask="none", mlp=False, norm="layer", lora_rank=4, lora_alpha_input=True),
+        "Stable Diffusion 2.1 cross-attention with a LoRA adaptor as 1x1 Convs, alpha fed as a graph input",
+    ),
+    "bert-tiny": Example(
+        AttentionConfig(batch=2, seq=8, hidden=64, heads=4, kv_heads=4, layers=2, mask="additive_input",
+                        projection="matmul_bias", norm="layer"),
+        "BERT style encoder: bidirectional, additive padding mask input, biased projections, LayerNorm",
+    ),
+    "t5-tiny": Example(
+        AttentionConfig(batch=1, seq=8, hidden=64, heads=4, kv_heads=4, layers=2, mask="none", relative_bias=True,
+                        scaling="none"),
+        "T5 style encoder: relative position bias per head (a Gather from a table), no score scaling",
+    ),
+    "bloom-tiny": Example(
+        AttentionConfig(**_DECODER, hidden=64, heads=4, kv_heads=4, alibi=True, projection="matmul_bias", norm="layer"),
+        "BLOOM style decoder: ALiBi per-head position bias, biased projections, LayerNorm",
     ),
     "opset23-tiny": Example(
         AttentionConfig(**_DECODER, hidden=64, heads=4, kv_heads=2, rope="rotary_op", attention_op=True, past=4, past_kv="full"),

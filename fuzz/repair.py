@@ -46,7 +46,6 @@ RULES: list[tuple[str, Callable[[Fields], bool], list[Fix]]] = [
     ("NCHW uses Conv projections", lambda c: c["layout"] == "nchw" and c["projection"] != "matmul",
      [{"projection": "matmul"}, {"layout": "linear"}]),
     ("NCHW has its own head split", lambda c: c["layout"] == "nchw" and c["head_split"] != RT, [{"head_split": RT}, {"layout": "linear"}]),
-    ("LoRA is built for linear layouts", lambda c: c["lora_rank"] and c["layout"] != "linear", [{"lora_rank": 0}, {"layout": "linear"}]),
     ("NCHW is built without RoPE", lambda c: c["layout"] == "nchw" and c["rope"] != "none", [{"rope": "none"}, {"layout": "linear"}]),
     ("NCHW is built without q/k norm", lambda c: c["layout"] == "nchw" and c["qk_norm"], [{"qk_norm": False}, {"layout": "linear"}]),
     ("NCHW is built without a cache", lambda c: c["layout"] == "nchw" and _has_past(c), [NO_PAST, {"layout": "linear"}]),

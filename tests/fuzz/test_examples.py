@@ -29,6 +29,12 @@ TRAITS = {
     "sd21-attn": lambda m, ops: "Conv" in ops and "MatMul" in ops and len(_dims(m, "hidden_states")) == 4
     and "encoder_hidden_states" in _inputs(m),
     "opset23-tiny": lambda m, ops: {"Attention", "RotaryEmbedding"} <= set(ops),
+    "llama2-lora-tiny": lambda m, ops: ops.count("Conv") >= 2 * 3 * 5 and "lora_alpha" in _inputs(m),  # q,k,v: base + 2x(A, B)
+    "sd21-lora": lambda m, ops: ops.count("Conv") >= 3 * 3 and "lora_alpha" in _inputs(m),
+    "bert-tiny": lambda m, ops: "LayerNormalization" in ops and "attention_mask" in _inputs(m) and "Softmax" in ops,
+    "t5-tiny": lambda m, ops: "Gather" in ops and not {"Div", "Sqrt"} & set(ops[ops.index("Softmax") - 3: ops.index("Softmax")]),
+    "bloom-tiny": lambda m, ops: "LayerNormalization" in ops and "Add" in ops,
+    "mistral-tiny": lambda m, ops: "position_ids" in _inputs(m),
 }
 
 
