@@ -187,7 +187,7 @@ def encoding_schemes(draw, version: str | None = None, **fixed) -> EncodingSchem
         activation_bitwidth=draw(st.sampled_from([8, 16, "mixed"])),
         activation_symmetric=draw(st.integers(0, 4)) == 0,
         weights=weights,
-        weight_bitwidth=draw(st.sampled_from([8, 8, 4])),
+        weight_bitwidth=draw(st.sampled_from([8, 8, 4])) if weights == "per_channel" else 8,  # 4-bit per-tensor: unrealistic
         weight_symmetric=symmetric,
         block_size=draw(st.sampled_from([2, 4, 8])),
         other_params=draw(st.booleans()),
