@@ -14,7 +14,11 @@ PROJECTIONS = ("matmul", "matmul_bias", "gemm", "gemm_transb")
 FUSED = ("none", "split", "slice", "gather")
 HEAD_SPLITS = ("reshape_transpose", "fused_kt", "folded")
 SCALINGS = ("div_scores", "mul_scores", "mul_q", "mul_qk", "none", "shape")
-MASKS = ("none", "causal", "additive_input", "bool_input", "per_head", "sliding_window")
+MASKS = ("none", "causal", "additive_input", "bool_input", "per_head", "sliding_window", "padding_input", "causal_padding_input")
+# padding_input: an int64 [B, T] padding mask (1 = attend) turned into the additive [B, 1, S, T]
+# mask in the graph, as HF TorchScript exports do (encoders; causal_padding_input adds the
+# causal constant, decoders).
+PADDING_MASKS = ("padding_input", "causal_padding_input")
 ROPES = ("none", "rotate_half", "half_split", "interleaved", "rotary_op")
 GQA_REPEATS = ("expand", "tile", "broadcast")
 PAST_KV = ("none", "full", "new_only", "full_transposed_key")
@@ -140,7 +144,7 @@ class AttentionConfig:
         if self.has_past:
             need(not self.cross_attention, "past KV is for self-attention")
         if self.cross_attention:
-            need(self.mask in ("none", "additive_input", "bool_input"), "cross-attention takes no causal mask")
+            need(self.mask in ("none", "additive_input", "bool_input", "padding_input"), "cross-attention takes no causal mask")
         if self.fused_qkv != "none":
             need(not self.cross_attention, "fused QKV reads one input")
             need(self.layout == "linear", "fused QKV is built for the linear layout")
@@ -168,7 +172,7 @@ class AttentionConfig:
             need(self.head_split == "reshape_transpose", "the 5-D broadcast GQA form uses plain head splits")
         if self.attention_op:
             need(self.scaling in ("div_scores", "none"), "the Attention op has one scale attribute")
-            need(self.mask in ("none", "causal", "additive_input", "bool_input"), "Attention op masks: causal flag or an input")
+            need(self.mask in ("none", "causal", "additive_input", "bool_input", *PADDING_MASKS), "Attention op masks: causal flag or an input")
             need(not (self.alibi or self.relative_bias), "biases go through attn_mask; not built with the Attention op")
             need(not self.softmax_cast and not self.nan_guard, "the Attention op has no visible softmax")
             need(self.past_kv in ("none", "full"), "the Attention op returns the full cache")

@@ -29,8 +29,10 @@ _DECODER = dict(batch=1, seq=4, layers=2, mask="causal")
 
 EXAMPLES: dict[str, Example] = {
     "llama2-tiny": Example(
-        AttentionConfig(**_DECODER, hidden=64, heads=4, kv_heads=4, rope="rotate_half", past=4, past_kv="full"),
-        "Llama-2 style: MHA, rotate-half RoPE from position ids, KV cache in and out",
+        AttentionConfig(**{**_DECODER, "mask": "causal_padding_input"}, hidden=64, heads=4, kv_heads=4, rope="rotate_half",
+                        past=4, past_kv="full"),
+        "Llama-2 style: MHA, rotate-half RoPE from position ids, KV cache in and out, int64 padding mask "
+        "turned into the causal additive mask in the graph",
     ),
     "llama3-tiny": Example(
         AttentionConfig(**_DECODER, hidden=64, heads=8, kv_heads=2, rope="rotate_half", past=4, past_kv="full", gqa_repeat="expand"),
@@ -70,9 +72,9 @@ EXAMPLES: dict[str, Example] = {
         "Stable Diffusion 2.1 cross-attention with a LoRA adaptor as 1x1 Convs, alpha fed as a graph input",
     ),
     "bert-tiny": Example(
-        AttentionConfig(batch=2, seq=8, hidden=64, heads=4, kv_heads=4, layers=2, mask="additive_input",
+        AttentionConfig(batch=2, seq=8, hidden=64, heads=4, kv_heads=4, layers=2, mask="padding_input",
                         projection="matmul_bias", norm="layer"),
-        "BERT style encoder: bidirectional, additive padding mask input, biased projections, LayerNorm",
+        "BERT style encoder: int64 padding mask input made additive in the graph, biased projections, LayerNorm",
     ),
     "t5-tiny": Example(
         AttentionConfig(batch=1, seq=8, hidden=64, heads=4, kv_heads=4, layers=2, mask="none", relative_bias=True,

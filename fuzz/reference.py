@@ -30,6 +30,11 @@ def masks_for(cfg: AttentionConfig, feeds: dict, dtype) -> np.ndarray | None:
         return feeds["attention_mask"].astype(dtype)
     elif cfg.mask == "bool_input":
         return np.where(feeds["attention_mask"], 0.0, fill).astype(dtype)
+    elif cfg.mask in ("padding_input", "causal_padding_input"):
+        padding = ((1.0 - feeds["attention_mask"]) * fill)[:, None, None, :]
+        if cfg.mask == "padding_input":
+            return padding.astype(dtype)
+        return (padding + np.where(F.causal_mask(s, t), 0.0, fill)[None, None]).astype(dtype)
     else:
         return None
     return np.where(allowed, 0.0, fill).astype(dtype)[None, None]

@@ -132,7 +132,7 @@ def decoder_configs(**fixed) -> st.SearchStrategy[AttentionConfig]:
     family = dict(
         cross_attention=False,
         rope=st.sampled_from(["rotate_half", "rotate_half", "half_split", "interleaved", "rotary_op"]),
-        mask=st.sampled_from(["causal", "additive_input", "bool_input", "sliding_window"]),
+        mask=st.sampled_from(["causal", "additive_input", "bool_input", "sliding_window", "causal_padding_input"]),
     )
     usual = dict(
         layout=st.sampled_from(["linear", "linear", "mha_conv"]),
@@ -147,7 +147,7 @@ def encoder_configs(**fixed) -> st.SearchStrategy[AttentionConfig]:
     """Encoders (BERT, ViT, T5 encoder exports): bidirectional, LayerNorm, biased projections."""
     family = dict(layout="linear", rope="none", past_kv="none", past=0, attention_op=False, cross_attention=False)
     usual = dict(
-        mask=st.sampled_from(["none", "additive_input", "bool_input"]),
+        mask=st.sampled_from(["none", "additive_input", "bool_input", "padding_input"]),
         projection=st.sampled_from(["matmul_bias", "gemm", "gemm_transb"]),
         norm="layer",
     )

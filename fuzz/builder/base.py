@@ -29,6 +29,7 @@ class BuilderBase:
         self.g = GraphBuilder(opset=cfg.opset, opaque=cfg.names == "opaque", dtype=self.dt)
         self.rope_cos = self.rope_sin = None
         self.cross_source: str | None = None
+        self.padding_mask_name: str | None = None
 
     def w(self, array: np.ndarray, role: str) -> str:
         """A parameter initializer in the model dtype."""

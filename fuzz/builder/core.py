@@ -86,7 +86,9 @@ class CoreMixin(BuilderBase):
             if cfg.head_split == "folded" and not folded_view:
                 term = g.reshape(term, [-1, cfg.seq, cfg.t])  # constants, static like the mask itself
             elif broadcast:
-                term = g.reshape(g.op("Expand", [term, g.ints([1, h, 1, 1], "shape")]) if term != "attention_mask" else term, [0, kv if term != "attention_mask" else 1, -1, cfg.seq, cfg.t])
+                shared = term in ("attention_mask", self.padding_mask_name)  # [B, 1, S, T]: no head axis
+                term = g.reshape(term if shared else g.op("Expand", [term, g.ints([1, h, 1, 1], "shape")]),
+                                 [0, 1 if shared else kv, -1, cfg.seq, cfg.t])
             scores = g.op("Add", [scores, term])
         if cfg.mask == "bool_input":
             mask = "attention_mask" if not broadcast else g.unsqueeze("attention_mask", [1])
@@ -120,6 +122,8 @@ class CoreMixin(BuilderBase):
             terms.append(g.const(np.where((j <= i) & (j > i - cfg.window), 0.0, fill).astype(self.dt)[None, None], "sliding_mask"))
         elif cfg.mask == "additive_input":
             terms.append("attention_mask")
+        elif cfg.mask in ("padding_input", "causal_padding_input"):
+            terms.append(self.padding_mask())
         if lp.per_head_mask is not None:
             terms.append(g.const(lp.per_head_mask[None].astype(self.dt), "head_bias"))
         if lp.alibi_slopes is not None:
@@ -130,6 +134,24 @@ class CoreMixin(BuilderBase):
             gathered = g.op("Gather", [table, g.const(self.p.rel_buckets, "buckets")], axis=0)  # [S, T, H]
             terms.append(g.unsqueeze(g.transpose(gathered, [2, 0, 1]), [0]))
         return terms
+
+    def padding_mask(self) -> str:
+        """The additive [B, 1, S, T] mask from the int64 [B, T] padding input, built once for
+        all layers: (1 - mask) * fill, plus the causal constant for causal_padding_input (HF)."""
+        if self.padding_mask_name is not None:
+            return self.padding_mask_name
+        cfg, g = self.cfg, self.g
+        old, g.scope = g.scope, "/model"
+        keep = g.unsqueeze(g.op("Cast", ["attention_mask"], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(self.dt))), [1, 2])
+        mask = g.op("Mul", [g.op("Sub", [g.scalar(1.0), keep]), g.scalar(cfg.mask_fill)])
+        if cfg.mask == "causal_padding_input":
+            i = np.arange(cfg.seq)[:, None] + (cfg.t - cfg.seq)
+            j = np.arange(cfg.t)[None, :]
+            causal = g.const(np.where(j <= i, 0.0, cfg.mask_fill).astype(self.dt)[None, None], "causal_mask")
+            mask = g.op("Add", [mask, causal])
+        self.padding_mask_name = mask
+        g.scope = old
+        return mask
 
     def _scores_view(self, scores: str) -> str:
         """Folded scores [B*H, S, T] viewed as [B, H, S, T]."""
@@ -154,7 +176,10 @@ class CoreMixin(BuilderBase):
             attrs["scale"] = 1.0
         if cfg.mask == "causal":
             attrs["is_causal"] = 1
-        inputs.append("attention_mask" if cfg.mask in ("additive_input", "bool_input") else "")
+        if cfg.mask in ("padding_input", "causal_padding_input"):
+            inputs.append(self.padding_mask())
+        else:
+            inputs.append("attention_mask" if cfg.mask in ("additive_input", "bool_input") else "")
         outputs = [g.tensor_name("Attention", "Attention")]
         if cfg.has_past:
             inputs += [f"past_key_{layer}", f"past_value_{layer}"]

@@ -34,6 +34,12 @@ def make_feeds(cfg: AttentionConfig, seed: int = 0) -> dict[str, np.ndarray]:
         m = rng.random((b, 1, s, t)) < 0.8
         m[..., -1] = True
         feeds["attention_mask"] = m
+    elif cfg.mask in ("padding_input", "causal_padding_input"):
+        # Left padding that leaves every query row a key it may attend (the first query of a
+        # causal self-attention sees keys 0..past).
+        most = cfg.past if cfg.mask == "causal_padding_input" else t - 1
+        pads = rng.integers(0, most + 1, size=b)
+        feeds["attention_mask"] = (np.arange(t)[None, :] >= pads[:, None]).astype(np.int64)
     if cfg.has_past:
         for layer in range(cfg.layers):
             shape = (b, cfg.kv_heads, cfg.d, cfg.past) if cfg.past_kv == "full_transposed_key" else (b, cfg.kv_heads, cfg.past, cfg.d)

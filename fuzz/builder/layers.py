@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 
 from fuzz.builder.base import EPS, BuilderBase, dims
+from fuzz.config import PADDING_MASKS
 
 
 class LayersMixin(BuilderBase):
@@ -50,6 +51,8 @@ class LayersMixin(BuilderBase):
             g.input("attention_mask", self.dt, dims(cfg, b, 1, s, t))
         elif cfg.mask == "bool_input":
             g.input("attention_mask", np.bool_, dims(cfg, b, 1, s, t))
+        elif cfg.mask in PADDING_MASKS:
+            g.input("attention_mask", np.int64, dims(cfg, b, t))
         if cfg.has_past:
             for layer in range(cfg.layers):
                 key_shape = dims(cfg, b, cfg.kv_heads, cfg.d, "past") if cfg.past_kv == "full_transposed_key" else dims(cfg, b, cfg.kv_heads, "past", cfg.d)
