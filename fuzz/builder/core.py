@@ -86,9 +86,10 @@ class CoreMixin(BuilderBase):
             if cfg.head_split == "folded" and not folded_view:
                 term = g.reshape(term, [-1, cfg.seq, cfg.t])  # constants, static like the mask itself
             elif broadcast:
-                shared = term in ("attention_mask", self.padding_mask_name)  # [B, 1, S, T]: no head axis
-                term = g.reshape(term if shared else g.op("Expand", [term, g.ints([1, h, 1, 1], "shape")]),
-                                 [0, 1 if shared else kv, -1, cfg.seq, cfg.t])
+                if term in ("attention_mask", self.padding_mask_name):  # [B, 1, S|1, T]: no head axis
+                    term = g.unsqueeze(term, [1])
+                else:
+                    term = g.reshape(g.op("Expand", [term, g.ints([1, h, 1, 1], "shape")]), [0, kv, -1, cfg.seq, cfg.t])
             scores = g.op("Add", [scores, term])
         if cfg.mask == "bool_input":
             mask = "attention_mask" if not broadcast else g.unsqueeze("attention_mask", [1])
@@ -136,8 +137,9 @@ class CoreMixin(BuilderBase):
         return terms
 
     def padding_mask(self) -> str:
-        """The additive [B, 1, S, T] mask from the int64 [B, T] padding input, built once for
-        all layers: (1 - mask) * fill, plus the causal constant for causal_padding_input (HF)."""
+        """The additive mask from the int64 [B, T] padding input, built once for all layers:
+        (1 - mask) * fill as [B, 1, 1, T] (BERT's extended mask), plus the causal constant
+        [1, 1, S, T] for causal_padding_input (HF decoders)."""
         if self.padding_mask_name is not None:
             return self.padding_mask_name
         cfg, g = self.cfg, self.g
@@ -152,6 +154,17 @@ class CoreMixin(BuilderBase):
         self.padding_mask_name = mask
         g.scope = old
         return mask
+
+    def _rows(self, mask: str) -> str:
+        """A [B, 1, 1, T] padding mask expanded to [B, 1, S, T] (the Attention op wants the query
+        rows); S read from the input's shape when it is symbolic."""
+        cfg, g = self.cfg, self.g
+        if cfg.mask == "causal_padding_input":
+            return mask  # the causal constant already gave it S rows
+        if not cfg.dynamic:
+            return g.op("Expand", [mask, g.ints([1, 1, cfg.seq, 1], "shape")])
+        seq = g.op("Shape", ["hidden_states"], start=1, end=2)
+        return g.op("Expand", [mask, g.op("Concat", [g.ints([1, 1], "shape"), seq, g.ints([1], "shape")], axis=0)])
 
     def _scores_view(self, scores: str) -> str:
         """Folded scores [B*H, S, T] viewed as [B, H, S, T]."""
@@ -177,7 +190,7 @@ class CoreMixin(BuilderBase):
         if cfg.mask == "causal":
             attrs["is_causal"] = 1
         if cfg.mask in ("padding_input", "causal_padding_input"):
-            inputs.append(self.padding_mask())
+            inputs.append(self._rows(self.padding_mask()))
         else:
             inputs.append("attention_mask" if cfg.mask in ("additive_input", "bool_input") else "")
         outputs = [g.tensor_name("Attention", "Attention")]
