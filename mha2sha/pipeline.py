@@ -135,10 +135,11 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_i
         reports.append(report)
         try:
             block = analyze(name, anchor, heads_per_block)
-        except BlockError as exc:
-            report.reason = exc.reason
-            report.stopped_at = describe(exc.at) if exc.at is not None else ""
-            log.info("%s not converted: %s%s", name, exc.reason, f" at {report.stopped_at}" if report.stopped_at else "")
+        except (BlockError, ValueError) as exc:  # a layout the analysis cannot express
+            report.reason = getattr(exc, "reason", str(exc))
+            at = getattr(exc, "at", None)
+            report.stopped_at = describe(at) if at is not None else ""
+            log.info("%s not converted: %s%s", name, report.reason, f" at {report.stopped_at}" if report.stopped_at else "")
             continue
         report.heads, report.kv_heads, report.head_dim = block.num_heads, block.num_kv_heads, block.head_dim
         report.features = dict(block.features)
@@ -149,8 +150,9 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_i
         try:
             records.append(split_block(graph, block, names, per_head_cache_io=per_head_cache_io))
             report.converted = True
-        except SplitError as exc:
-            report.reason = exc.reason
+        except (SplitError, ValueError) as exc:
+            report.reason = getattr(exc, "reason", str(exc))
+            exc = exc if isinstance(exc, SplitError) else SplitError(str(exc))
             report.stopped_at = describe(exc.at) if exc.at is not None else ""
             log.info("%s not converted: %s", name, exc.reason)
         if progress is not None:

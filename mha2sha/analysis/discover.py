@@ -212,6 +212,9 @@ def _bfs_core_matmul(start: ir.Value) -> ir.Node | None:
                 return node
             if node.op_type in rules.ELEMENTWISE:
                 nxt.extend(i for i in node.inputs if i is not None and not is_const(i))
+            elif node.op_type in ("Reshape", "Transpose", "Unsqueeze", "Squeeze"):
+                # Scores viewed as [B, H, S, T] to add a mask, then back to [B*H, S, T] (BART).
+                nxt.append(node.inputs[0])
         frontier = nxt
     return None
 
@@ -438,7 +441,6 @@ def _kv_heads(walker: _Walker, space: HeadSpace) -> int:
 
 def _finish(name: str, anchor: ir.Node, walker: _Walker, heads: HeadSpace, space: HeadSpace, outputs: list[ValueKey]) -> Block:
     """``heads``: one query head per piece (for reporting); ``space``: how the block is split."""
-    _check(walker, space)
     if heads.num_heads < 2:
         raise BlockError("the attention has a single head: nothing to split", anchor)
     if space.num_heads < 2:
@@ -448,6 +450,12 @@ def _finish(name: str, anchor: ir.Node, walker: _Walker, heads: HeadSpace, space
         group_size = heads.num_heads // num_kv
         if space.group % group_size and group_size % space.group:
             raise BlockError(f"--build-ar {space.group}: a block of {space.group} query heads must cover whole kv groups of {group_size} or share one", anchor)
+    try:
+        _check(walker, space)
+    except BlockError as exc:
+        if space.group > 1:
+            raise BlockError(f"--build-ar {space.group}: the groups of query heads do not map onto whole kv heads here ({exc.reason})", exc.at) from None
+        raise
     head_dim = None
     for proj in walker.projections.values():
         if proj.path == "q" and head_dim is None:
@@ -497,10 +505,10 @@ def analyze_softmax(name: str, softmax: ir.Node, group: int = 1) -> Block:
     pv, between = found
     walker = _Walker()
     walker.root_sizes = list(sd[:-2])
-    layout: Layout = tuple(_root_axis(sd[i], i) for i in range(len(sd) - 2)) + (
-        Axis((free(sd[-2]),)),
-        Axis((free(sd[-1]),)),
-    )
+    # Batch axes are candidate roots, and so is the query axis: an exporter may fold the query
+    # heads of a kv group into it (q [B, H, S, D] -> [B, KV, n*S, D] for GQA). Only the key
+    # axis, contracted with V, never carries heads.
+    layout: Layout = tuple(_root_axis(sd[i], i) for i in range(len(sd) - 1)) + (Axis((free(sd[-1]),)),)
     walker.path_override[qk] = ["q", "k"]
     # The core: softmax, the guards between it and MatMul(P, V), and MatMul(P, V) itself.
     axis = attr(softmax, "axis", -1)

@@ -211,6 +211,13 @@ class HeadSpace:
             return "free"
         lo = atom.div
         hi = None if atom.mod is None else atom.div * atom.mod
+        # Digits of one root form a mixed radix only if their boundaries divide one another:
+        # h % 2 is not a digit of h = 3 g + r (a Tile repeat against groups of 3 heads).
+        for _, div, mod in self.by_root[atom.root]:
+            for b in (div, div * mod):
+                for a in (lo, hi):
+                    if a is not None and a > 1 and b > 1 and a % b and b % a:
+                        raise ValueError(f"axis digit {atom} does not align with the head grouping")
         for h_lo, h_hi in self._head_intervals(atom.root):
             if hi is not None and h_lo <= lo and hi <= h_hi:
                 return "head"
@@ -236,6 +243,8 @@ class HeadSpace:
                 bounds: list[int | None] = [lo, *cuts, hi]
                 pieces = []
                 for a, b in zip(bounds[:-1], bounds[1:]):
+                    if b is not None and b % a:
+                        raise ValueError(f"the head grouping does not align with axis digit {atom}")
                     mod = None if b is None else b // a
                     if mod is not None:
                         size: Size = mod

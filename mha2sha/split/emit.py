@@ -273,9 +273,16 @@ class BlockSplitter:
                 continue
             out = self._value(self._name(tag, value.name, "leaf") + f".sel{axis}", value)
             if removed and len(idx) == 1:
-                # One head's index on an axis that disappears: a scalar Gather drops it.
+                # One head's index on an axis that disappears. With a static axis the tensor is
+                # split once into per-head pieces (one Split, then a Squeeze per head); several
+                # scalar Gathers of one tensor trip onnxruntime's Gather-to-Split fusion.
                 position = axis - len(gathered_away)
-                self._node("Gather", [current, self._const(f"{self.block.name}.index_{idx[0]}", np.array(idx[0], dtype=np.int64))], {"axis": position}, f"{self.block.name}.{tag}.Gather", [out])
+                dim = shape[position] if shape is not None else None
+                if isinstance(dim, int) and current is value:
+                    pieces = self._split_once(value, position, dim, tag)
+                    self._node("Squeeze", [pieces[idx[0]], self._ints(tag, "axes", [position])], None, f"{self.block.name}.{tag}.Squeeze", [out])
+                else:
+                    self._node("Gather", [current, self._const(f"{self.block.name}.index_{idx[0]}", np.array(idx[0], dtype=np.int64))], {"axis": position}, f"{self.block.name}.{tag}.Gather", [out])
                 gathered_away.append(axis)
                 if shape is not None:
                     shape = [d for i, d in enumerate(shape) if i != position]
@@ -299,6 +306,20 @@ class BlockSplitter:
             self._node("Squeeze", [current, self._ints(tag, "axes", squeeze)], None, f"{self.block.name}.{tag}.Squeeze", [out])
             current = out
         self._set_piece(value, layout, head, current, keep_rank)
+
+    def _split_once(self, value: ir.Value, axis: int, dim: int, tag: str) -> list[ir.Value]:
+        key = ("split", id(value), axis)
+        node = self.emitted.get(key)
+        if node is None:
+            outs = [self._value(self._name("split", value.name, "leaf") + f".{k}", value) for k in range(dim)]
+            from mha2sha.graph.ir_utils import opset
+
+            if opset(self.graph) >= 13:
+                node = self._node("Split", [value, self._ints("shared", "split", [1] * dim)], {"axis": axis}, f"{self.block.name}.Split", outs)
+            else:
+                node = self._node("Split", [value], {"axis": axis, "split": [1] * dim}, f"{self.block.name}.Split", outs)
+            self.emitted[key] = node
+        return list(node.outputs)
 
     def _cache_input(self, value: ir.Value, sel, head: int) -> ir.Value | None:
         """A new graph input holding one kv head's cache, in place of slicing the whole."""
@@ -461,23 +482,30 @@ class BlockSplitter:
                 target.append(-1)
         outs = self._outputs_for(inst, head, tag)
         if unknown > 1:
-            shape_value = self._runtime_target(inst, out_per, tag)
+            shape_value = self._runtime_target(inst, out_per, tag, ins[0])
         else:
             shape_value = self._ints(tag, "shape", target)
         self._node("Reshape", [ins[0], shape_value], None, f"{self.block.name}.{tag}.{inst.node.name or 'Reshape'}", [outs[0]])
         return {0: outs[0]}
 
-    def _runtime_target(self, inst: Instance, out_per: Layout, tag: str) -> ir.Value:
-        """A per-head Reshape target with several run-time sizes, taken from the original
-        target (x.view(B, S, 3E) -> per head (B, S, D)): static sizes replace the head ones.
-        Shared by every head of the block."""
+    def _runtime_target(self, inst: Instance, out_per: Layout, tag: str, piece: ir.Value) -> ir.Value:
+        """A per-head Reshape target with several run-time sizes. Shared by every head."""
         key = ("target", id(inst.node), out_per)
         cached = self.emitted.get(key)
         if cached is not None:
             return cached.outputs[0]
+        target = self._target_from_original(inst, out_per)
+        if target is None:
+            target = self._target_from_input(inst, out_per, piece)
+        self.emitted[key] = target.producer()
+        return target
+
+    def _target_from_original(self, inst: Instance, out_per: Layout) -> ir.Value | None:
+        """The original target with the head-dependent sizes replaced by static ones
+        (x.view(B, S, 3E) -> per head (B, S, D)), when every other size is unchanged."""
         original_target = inst.node.inputs[1]
         if inst.node.op_type != "Reshape" or original_target is None:
-            raise SplitError("a per-head layout op needs several run-time sizes", inst.node)
+            return None
         out_layout = inst.outputs[0]
         _, removed = per_head_layout(out_layout, self.space)
         kept_axes = [i for i in range(len(out_layout)) if i not in removed]
@@ -490,14 +518,60 @@ class BlockSplitter:
                 static.append(0)
                 mask.append(False)
             else:
-                raise SplitError("a per-head Reshape needs a run-time size that changes with the head", inst.node)
+                return None
         gathered = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.kept_dims"), None, dtype=ir.DataType.INT64)
         self._node("Gather", [original_target, self._ints("shared", "kept_axes", kept_axes)], {"axis": 0}, f"{self.block.name}.target_gather", [gathered])
         mask_value = self._const(f"{self.block.name}.shared.static_mask", np.array(mask, dtype=np.bool_))
         target = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.per_head_shape"), None, dtype=ir.DataType.INT64)
-        node = self._node("Where", [mask_value, self._ints("shared", "static_dims", static), gathered], None, f"{self.block.name}.target_where", [target])
-        self.emitted[key] = node
+        self._node("Where", [mask_value, self._ints("shared", "static_dims", static), gathered], None, f"{self.block.name}.target_where", [target])
         return target
+
+    def _target_from_input(self, inst: Instance, out_per: Layout, piece: ir.Value) -> ir.Value:
+        """Each output size static, or an input size (times or divided by a static factor:
+        [B*M, S, D] <-> [B, M, S, D]), read from the shape of the head's input."""
+        in_per, _ = per_head_layout(inst.inputs[0], self.space)
+        shape_in = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.input_shape"), None, dtype=ir.DataType.INT64)
+        self._node("Shape", [piece], None, f"{self.block.name}.target_shape", [shape_in])
+        parts: list[ir.Value] = []
+        for ax in out_per:
+            if isinstance(ax.size, int):
+                parts.append(self._ints("shared", "dim", [ax.size]))
+                continue
+            parts.append(self._dim_from_input(ax, in_per, shape_in, inst))
+        target = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.per_head_shape"), None, dtype=ir.DataType.INT64)
+        self._node("Concat", parts, {"axis": 0}, f"{self.block.name}.target_concat", [target])
+        return target
+
+    def _dim_from_input(self, ax: Axis, in_per: Layout, shape_in: ir.Value, inst: Instance) -> ir.Value:
+        def static_product(atoms) -> int | None:
+            total = 1
+            for a in atoms:
+                if not isinstance(a.extent, int):
+                    return None
+                total *= a.extent
+            return total
+
+        for j, in_ax in enumerate(in_per):
+            dim = self._value(self._unique(f"{self.block.name}.dim{j}"), None, dtype=ir.DataType.INT64)
+            if same_atoms(in_ax.atoms, ax.atoms):
+                self._node("Gather", [shape_in, self._ints("shared", "index", [j])], {"axis": 0}, f"{self.block.name}.target_dim", [dim])
+                return dim
+            extra_in = [a for a in in_ax.atoms if not any(a.same_as(b) for b in ax.atoms)]
+            extra_out = [a for a in ax.atoms if not any(a.same_as(b) for b in in_ax.atoms)]
+            shared = len(in_ax.atoms) - len(extra_in)
+            if not shared:
+                continue
+            if not extra_out and static_product(extra_in):
+                op, factor = "Div", static_product(extra_in)
+            elif not extra_in and static_product(extra_out):
+                op, factor = "Mul", static_product(extra_out)
+            else:
+                continue
+            picked = self._value(self._unique(f"{self.block.name}.dim{j}_in"), None, dtype=ir.DataType.INT64)
+            self._node("Gather", [shape_in, self._ints("shared", "index", [j])], {"axis": 0}, f"{self.block.name}.target_dim", [picked])
+            self._node(op, [picked, self._ints("shared", "factor", [factor])], None, f"{self.block.name}.target_{op.lower()}", [dim])
+            return dim
+        raise SplitError("a per-head Reshape size cannot be derived from its input's shape", inst.node)
 
     _op_Reshape = _reshape_to
     _op_Flatten = _reshape_to

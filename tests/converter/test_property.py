@@ -30,11 +30,21 @@ def _core_sizes(model: onnx.ModelProto, feeds: dict) -> list[int]:
     return [values[n].size for n in names]
 
 
+def _tile_groups_misaligned(cfg, m: int) -> bool:
+    """Tile repeats kv heads as h % KV: a group of M query heads reads whole kv heads only
+    when M is a multiple of KV or divides it."""
+    tiled = cfg.gqa_repeat == "tile" and cfg.kv_heads < cfg.heads and not cfg.attention_op
+    return tiled and m > 1 and m % cfg.kv_heads != 0 and cfg.kv_heads % m != 0
+
+
 def check_conversion(cfg, heads_per_block: int = 1, seed: int = 3):
     built = build(cfg, seed=seed)
     feeds = built.make_feeds(11)
     truth = built.reference(feeds)
     converted, result = convert_built(built.model, heads_per_block=heads_per_block)
+    if _tile_groups_misaligned(cfg, heads_per_block):
+        assert result.blocks and all(not b.converted for b in result.blocks), "a misaligned AR-M grouping must be refused"
+        return converted, result
     if cfg.heads == 1:
         # Nothing to split: every block is reported, the model is left as it was.
         assert result.blocks and all(not b.converted and "single head" in b.reason for b in result.blocks), [b.reason for b in result.blocks]

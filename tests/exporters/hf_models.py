@@ -27,11 +27,13 @@ class ExportCase:
     overrides: dict = field(default_factory=dict)
     layers: int = 2
     heads: int = 4
+    decode: bool = False  # one new token with a KV cache (past_key_values in, present out)
 
     @property
     def id(self) -> str:
         extra = "-".join(f"{k}{v}" for k, v in sorted(self.overrides.items()))
-        return f"{self.arch}-{'dynamo' if self.dynamo else 'ts'}{self.opset}-{self.attn}" + (f"-{extra}" if extra else "")
+        mode = "-decode" if self.decode else ""
+        return f"{self.arch}-{'dynamo' if self.dynamo else 'ts'}{self.opset}-{self.attn}{mode}" + (f"-{extra}" if extra else "")
 
 
 def _config(case: ExportCase):
@@ -68,6 +70,8 @@ def export(case: ExportCase, path: Path) -> dict[str, np.ndarray]:
     import torch
 
     model = build_torch_model(case)
+    if case.decode:
+        return _export_decode(case, model, path)
 
     class Wrapper(torch.nn.Module):
         def __init__(self, inner):
@@ -93,6 +97,51 @@ def export(case: ExportCase, path: Path) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+PAST = 5
+
+
+def _export_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]:
+    """One decoding step: input_ids [B, 1], attention_mask [B, P + 1], past key/values."""
+    import torch
+    from transformers import DynamicCache
+
+    cfg = model.config
+    layers = cfg.num_hidden_layers
+    kv = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, *past):
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+            flat = []
+            for layer in out.past_key_values.layers:
+                flat += [layer.keys, layer.values]
+            return (out.logits, *flat)
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, VOCAB, (BATCH, 1)).astype(np.int64)
+    mask = np.ones((BATCH, PAST + 1), np.int64)
+    past = [rng.standard_normal((BATCH, kv, PAST, d)).astype(np.float32) for _ in range(2 * layers)]
+    names = ["input_ids", "attention_mask"] + [f"past_{k}_{i}" for i in range(layers) for k in ("key", "value")]
+    outputs = ["logits"] + [f"present_{k}_{i}" for i in range(layers) for k in ("key", "value")]
+    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"}}
+    dynamic.update({n: {0: "batch", 2: "past"} for n in names[2:]})
+    args = (torch.from_numpy(ids), torch.from_numpy(mask), *map(torch.from_numpy, past))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(model), args, str(path), input_names=names, output_names=outputs, opset_version=case.opset, dynamo=case.dynamo, dynamic_axes=None if case.dynamo else dynamic)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    feeds.update(dict(zip(names[2:], past)))
+    return feeds
+
+
 def cases() -> list[ExportCase]:
     out = []
     for dynamo, opset in ((False, 17), (True, 18)):
@@ -113,5 +162,9 @@ def cases() -> list[ExportCase]:
         ExportCase("gpt2", True, 18, "sdpa"),
         ExportCase("bert", False, 17, "eager"),
         ExportCase("bert", True, 18, "sdpa"),
+        ExportCase("llama", False, 17, "eager", {"num_key_value_heads": 2}, decode=True),
+        ExportCase("llama", False, 17, "sdpa", {"num_key_value_heads": 2}, decode=True),
+        ExportCase("qwen2", False, 17, "eager", {"num_key_value_heads": 2}, decode=True),
+        ExportCase("phi3", False, 17, "eager", {"num_key_value_heads": 2, "partial_rotary_factor": 0.5}, decode=True),
     ]
     return out
