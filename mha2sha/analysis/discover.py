@@ -288,7 +288,7 @@ def _between(start: ir.Value, end: ir.Value) -> list[ir.Node]:
     return ordered
 
 
-def _head_space(walker: _Walker, anchor: ir.Node) -> HeadSpace:
+def _head_space(walker: _Walker, anchor: ir.Node, matrix_roots: frozenset[int] = frozenset()) -> HeadSpace:
     digits: list[tuple[int, int, int]] | None = None
     for proj in walker.projections.values():
         if proj.path != "q":
@@ -309,7 +309,7 @@ def _head_space(walker: _Walker, anchor: ir.Node) -> HeadSpace:
             node, reason = stops[0]
             raise BlockError(f"the query path does not reach a projection: {reason}", node)
         raise BlockError("the query path does not reach a projection", anchor)
-    return HeadSpace(tuple(digits))
+    return HeadSpace(tuple(digits), matrix_roots=matrix_roots)
 
 
 def _check(block_walker: _Walker, space: HeadSpace) -> None:
@@ -533,7 +533,7 @@ def analyze_softmax(name: str, softmax: ir.Node, group: int = 1) -> Block:
                 walker.leaf(inp, lay, "probs")
     walker.up(pv.inputs[1], res.inputs[1], "v")
     walker.up(scores, layout, "scores")
-    heads = _head_space(walker, softmax)
+    heads = _head_space(walker, softmax, frozenset({len(sd) - 2}))
     space = _grouped(heads, group, softmax)
     merge = _walk_down(walker, pv.outputs[0], o_layout, space)
     return _finish(name, softmax, walker, heads, space, [merge])

@@ -141,6 +141,9 @@ class HeadSpace:
 
     digits: tuple[tuple[int, int, int], ...]
     group: int = 1
+    # Roots whose axes never disappear in a head's piece: the query axis is a matrix row of
+    # MatMul(Q, K^T) even when the exporter folded heads into it and the sequence is 1.
+    matrix_roots: frozenset[int] = frozenset()
     by_root: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
     _refined: dict[Atom, tuple[Atom, ...]] = field(default_factory=dict, repr=False)
     _heads_of: dict[Layout, list[Atom]] = field(default_factory=dict, repr=False)
@@ -178,7 +181,7 @@ class HeadSpace:
                 remaining = 1
             else:
                 raise ValueError(f"{group} heads per block does not divide the {self.num_heads} heads")
-        return HeadSpace(tuple(digits), group=group)
+        return HeadSpace(tuple(digits), group=group, matrix_roots=self.matrix_roots)
 
     def root_indices(self, head: int) -> dict[int, int]:
         """Head ``head``'s contribution to each root's index."""
@@ -303,7 +306,7 @@ def per_head_layout(layout: Layout, space: HeadSpace) -> tuple[Layout, list[int]
     for i, ax in enumerate(layout):
         ax = space.refine_axis(ax)
         kinds = [space.classify(a) for a in ax.atoms]
-        if ax.atoms and all(k == "head" for k in kinds):
+        if ax.atoms and all(k == "head" for k in kinds) and not any(a.root in space.matrix_roots for a in ax.atoms):
             removed.append(i)
             continue
         kept = tuple(a for a, k in zip(ax.atoms, kinds) if k == "free")

@@ -224,12 +224,13 @@ class BlockSplitter:
                 sel.append((None, False))
                 continue
             free = [a for a in ax.atoms if a not in heads]
+            # The per-head layout decides which axes disappear (never a matrix row axis).
+            keep = keep_rank or bool(free) or any(a.root in self.space.matrix_roots for a in ax.atoms)
             if all(a.broadcast for a in heads) and not free:
-                sel.append((None, not keep_rank))
+                sel.append((None, not keep))
                 continue
             idx = axis_indices(ax, self.space, head)
-            removed = not free and not keep_rank
-            sel.append((idx, removed))
+            sel.append((idx, not keep))
         return sel
 
     def _emit_leaf(self, leaf: Leaf, head: int, keep_rank: bool) -> None:

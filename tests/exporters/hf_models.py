@@ -136,7 +136,11 @@ def _export_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]
     args = (torch.from_numpy(ids), torch.from_numpy(mask), *map(torch.from_numpy, past))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Wrapper(model), args, str(path), input_names=names, output_names=outputs, opset_version=case.opset, dynamo=case.dynamo, dynamic_axes=None if case.dynamo else dynamic)
+        # Static shapes, as on-device decode graphs are (the SDPA GQA export folds the query
+        # heads into the sequence axis with the traced length baked in: it is only valid for
+        # the traced shapes anyway).
+        del dynamic
+        torch.onnx.export(Wrapper(model), args, str(path), input_names=names, output_names=outputs, opset_version=case.opset, dynamo=case.dynamo)
     feeds = {"input_ids": ids, "attention_mask": mask}
     feeds.update(dict(zip(names[2:], past)))
     return feeds
