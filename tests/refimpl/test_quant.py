@@ -51,13 +51,13 @@ def test_per_channel_axis():
 
 def test_per_block_and_lpbq():
     w = np.array([[1.0, 0.6, 8.0, 4.2]], np.float32)  # one channel, two blocks of 2
-    enc = QuantEncoding("int", 4, True, np.array([[1.0 / 7, 8.0 / 7]]), np.zeros((1, 2)), axis=0, block_axis=1, block_size=2)
+    enc = QuantEncoding("int", 4, True, np.array([[1.0 / 7, 8.0 / 7]]), np.full((1, 2), -8.0), axis=0, block_axis=1, block_size=2)
     out = quantize_dequantize(w, enc)
     # 0.6 * 7 = 4.2 -> 4; 4.2 * 7 / 8 = 3.675 -> 4
     assert np.allclose(out, [[1.0, 4 / 7, 8.0, 32 / 7]])
     # LPBQ: per-block integer scales times a per-channel float scale give the same effective scales.
     int_scales = np.array([[1, 8]])
-    lpbq = QuantEncoding("int", 4, True, int_scales * (1.0 / 7), np.zeros((1, 2)), axis=0, block_axis=1, block_size=2)
+    lpbq = QuantEncoding("int", 4, True, int_scales * (1.0 / 7), np.full((1, 2), -8.0), axis=0, block_axis=1, block_size=2)
     assert np.allclose(quantize_dequantize(w, lpbq), out)
 
 
@@ -104,7 +104,7 @@ def test_per_block_matches_onnx_blocked_qdq(axis, block_axis):
     w = rng.standard_normal(shape).astype(np.float32)
     blocks = 2
     scale = (rng.random((4, blocks)) + 0.1).astype(np.float32) / 7
-    enc = QuantEncoding("int", 4, True, scale, np.zeros_like(scale), axis=axis, block_axis=block_axis, block_size=4)
+    enc = QuantEncoding("int", 4, True, scale, np.full_like(scale, -8.0), axis=axis, block_axis=block_axis, block_size=4)
     onnx_scale = scale if axis == 0 else scale.T  # ONNX lays block scales out like the tensor
     nodes = [helper.make_node("DequantizeLinear", ["q", "s"], ["y"], axis=block_axis, block_size=4)]
     s_full = np.repeat(onnx_scale, 4, axis=block_axis)
