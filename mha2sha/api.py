@@ -166,7 +166,8 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     try:
         t0 = time.perf_counter()
         model = loaded.model
-        split = split_model(model, heads_per_block=opts.heads_per_block, per_head_cache_io=opts.per_head_cache_io)
+        requantized = _requantized(encodings) if encodings is not None else None
+        split = split_model(model, heads_per_block=opts.heads_per_block, per_head_cache_io=opts.per_head_cache_io, requantized=requantized)
         timings["split"] = time.perf_counter() - t0
         if opts.expectations is not None:
             from mha2sha.compat import check_expectations
@@ -231,6 +232,11 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
                                          allow_hard_links=opts.allow_hard_links or opts.link_weights)
             timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
             report.update(verification)
+            if encodings is not None:
+                from verify.run import encodings_coverage
+
+                sha_tensors = set(_all_names(model.graph))
+                report["encodings_coverage"] = encodings_coverage(mapping, set(encodings.tensors), set(sha_encodings.tensors), sha_tensors)
     except OutputError:
         raise  # the output folder is the problem: do not write into it
     except BaseException as exc:
@@ -247,6 +253,27 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         if report["status"] != "pass":
             (out_dir / "VERIFICATION_FAILED").write_text("The verification report lists the failing checks: verification_report.md\n")
     return result
+
+
+def _requantized(encodings):
+    """(output, input) -> True when the output has an encoding different from the input's."""
+    import numpy as np
+
+    def same(a, b) -> bool:
+        if a.kind != b.kind or a.bitwidth != b.bitwidth or a.dtype != b.dtype:
+            return False
+        if a.scale is None or b.scale is None:
+            return a.scale is None and b.scale is None
+        return np.array_equal(np.asarray(a.scale), np.asarray(b.scale)) and np.array_equal(np.asarray(a.offset), np.asarray(b.offset))
+
+    def check(output: str, source: str) -> bool:
+        out = encodings.tensors.get(output)
+        if out is None:
+            return False
+        src = encodings.tensors.get(source)
+        return src is None or not same(out, src)
+
+    return check
 
 
 def _refuse_overwriting_inputs(out_dir: Path, name: str, inputs: list[Path]) -> None:

@@ -113,7 +113,7 @@ def prepare(model: ir.Model) -> None:
         infer_shapes(model)
 
 
-def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_io: bool = True, heads_per_block: int = 1, progress=None) -> SplitResult:
+def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_io: bool = True, heads_per_block: int = 1, requantized=None, progress=None) -> SplitResult:
     """Find and split every attention block of ``model`` in place.
 
     ``per_head_cache_io``: KV-cache graph inputs/outputs become one tensor per kv head,
@@ -121,6 +121,8 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_i
     (e.g. past key [B, KV, P, D] -> past_key_h0 [B, P, D]). Otherwise the original cache
     tensors stay and are sliced (and reassembled) inside the graph.
     ``heads_per_block`` (AR-M): each N-head block becomes N/M blocks of M heads.
+    ``requantized(output, input)``: whether a layout op's output carries an encoding of its
+    own (then a per-head Identity keeps it instead of reusing the input tensor).
     """
     prepare(model)
     graph = model.graph
@@ -148,7 +150,7 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_i
             report.converted = True
             continue
         try:
-            records.append(split_block(graph, block, names, per_head_cache_io=per_head_cache_io))
+            records.append(split_block(graph, block, names, per_head_cache_io=per_head_cache_io, requantized=requantized))
             report.converted = True
         except (SplitError, ValueError) as exc:
             report.reason = getattr(exc, "reason", str(exc))

@@ -135,7 +135,17 @@ def dim_symbols(model: onnx.ModelProto) -> list[str]:
     return out
 
 
-def candidate_assignments(symbols: list[str], limit: int = 40):
+def static_dims(model: onnx.ModelProto, limit: int = 64) -> list[int]:
+    """Small static sizes used by the model's constants (a traced mask fixes the sequence)."""
+    found: list[int] = []
+    for t in model.graph.initializer:
+        for d in t.dims:
+            if 1 < d <= limit and d not in found:
+                found.append(int(d))
+    return sorted(found)
+
+
+def candidate_assignments(symbols: list[str], extra_values: list[int] | None = None):
     """Concrete values to try for the model's symbolic input dimensions, most distinct
     first, then with one dimension the sum of two others (total = past + new) or equal to
     another (a sequence shared under two names)."""
@@ -150,14 +160,29 @@ def candidate_assignments(symbols: list[str], limit: int = 40):
                     cand[x] = cand[y] + cand[z]
                     yield cand
                     tried += 1
-                    if tried >= limit:
-                        return
     for x in symbols:
         for y in symbols:
             if x != y:
                 cand = dict(base)
                 cand[x] = cand[y]
                 yield cand
-                tried += 1
-                if tried >= limit:
-                    return
+    # Sizes fixed by constants: each symbol in turn, then pairs summing (past + new = total).
+    values = extra_values or []
+    for x in symbols:
+        for v in values:
+            cand = dict(base)
+            cand[x] = v
+            yield cand
+    for x in symbols:
+        for y in symbols:
+            for vx in values:
+                for vy in values:
+                    if x < y:
+                        cand = dict(base)
+                        cand[x], cand[y] = vx, vy
+                        yield cand
+                        for z in symbols:
+                            if z not in (x, y):
+                                with_sum = dict(cand)
+                                with_sum[z] = vx + vy
+                                yield with_sum

@@ -24,6 +24,8 @@ def overall_status(report: dict) -> str:
         return "fail"
     if report.get("strict_expectations") and any(not e["found"] for e in report.get("expectations", [])):
         return "fail"
+    if report.get("encodings_coverage", {}).get("status") == "fail":
+        return "fail"
     return "pass"
 
 
@@ -87,6 +89,14 @@ def markdown(report: dict) -> str:
             lines.append(e2e["reason"])
         for c in e2e.get("checks", []):
             lines.append(f"- `{c['check']}` `{c['output']}`: max abs {_fmt(c['max_abs'])}, tolerance {_fmt(c['tolerance'])}, {'pass' if c['passed'] else 'FAIL'}")
+    coverage = report.get("encodings_coverage")
+    if coverage:
+        lines += ["", f"## Encodings coverage: {coverage['status']}", ""]
+        if coverage["missing"]:
+            lines.append(f"{coverage['missing_count']} SHA tensors stand for encoded MHA tensors but have no encoding, e.g.:")
+            lines += [f"- `{sha}` (for `{mha}`)" for mha, sha in coverage["missing"][:20]]
+        else:
+            lines.append("every SHA tensor that stands for an encoded MHA tensor has an encoding")
     enc = report.get("encodings")
     if enc:
         lines += ["", "## Encodings", ""]

@@ -101,7 +101,9 @@ def fold_static_shapes(graph: ir.Graph) -> int:
                     inputs.append(None)
                     continue
                 arr = const_array(v, max_elements=_MAX_FOLD_ELEMENTS)
-                if arr is None:
+                # Shape arithmetic only: a float tensor with more than one element is a
+                # parameter (a bias table, a mask) whose quantization must stay in the graph.
+                if arr is None or (np.issubdtype(arr.dtype, np.floating) and arr.size > 1):
                     break
                 inputs.append(arr)
             else:

@@ -41,13 +41,13 @@ def _rename_for_replacement(value: ir.Value, names: set[str]) -> str:
     return original
 
 
-def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True) -> SplitRecord:
+def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True, requantized=None) -> SplitRecord:
     """Rewrite ``block`` into per-head computation; on failure the graph is left unchanged.
 
     With ``per_head_cache_io``, KV-cache graph inputs and outputs (graph inputs read on the
     key/value paths, graph outputs written there) become one tensor per kv head.
     """
-    splitter = BlockSplitter(graph, block, names, per_head_cache_io=per_head_cache_io)
+    splitter = BlockSplitter(graph, block, names, per_head_cache_io=per_head_cache_io, requantized=requantized)
     block_nodes = {id(inst.node) for inst in block.instances}
     targets: list[tuple[ir.Value, list]] = []
     seen: set[int] = set()

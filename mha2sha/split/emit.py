@@ -110,8 +110,9 @@ def _same_sizes(a: Layout, b: Layout) -> bool:
 
 
 class BlockSplitter:
-    def __init__(self, graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True):
+    def __init__(self, graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True, requantized=None):
         self.graph = graph
+        self.requantized = requantized  # (output name, input name) -> bool: a distinct encoding
         self.per_head_cache_io = per_head_cache_io
         self.io_splits: dict[str, IOSplit] = {}
         self.block = block
@@ -442,6 +443,19 @@ class BlockSplitter:
         self._node(node.op_type, inputs, attributes, f"{self.block.name}.{tag}.{node.name or node.op_type}", outs, domain=node.domain, version=node.version)
         return {idx: outs[idx] for idx in inst.outputs}
 
+    def _alias(self, inst: Instance, piece: ir.Value, index: int, tag: str) -> dict[int, ir.Value]:
+        """A node that is the identity for one head. Its output is the input's piece, unless
+        the original output was quantized differently from its input (an AIMET encoding on a
+        Split or Transpose output): then an Identity keeps a tensor to carry that encoding,
+        so that the quantizers stay the same chain as in the MHA model."""
+        node = inst.node
+        source = node.inputs[0]
+        if self.requantized is None or source is None or not self.requantized(node.outputs[index].name, source.name):
+            return {index: piece}
+        out = self._value(self._name(tag, node.outputs[index].name, "requantized"), node.outputs[index], per_head_layout(inst.outputs[index], self.space)[0])
+        self._node("Identity", [piece], None, f"{self.block.name}.{tag}.{node.name or node.op_type}", [out])
+        return {index: out}
+
     def _op_same(self, inst, ins, head, tag):
         return self._clone(inst, ins, head, tag)
 
@@ -462,14 +476,14 @@ class BlockSplitter:
         perm = attr(inst.node, "perm") or list(reversed(range(rank)))
         new_perm = [_remap(p, rank, removed_in) for p in perm if p not in removed_in]
         if new_perm == list(range(len(new_perm))):
-            return {0: ins[0]}
+            return self._alias(inst, ins[0], 0, tag)
         return self._clone(inst, ins, head, tag, {"perm": new_perm})
 
     def _reshape_to(self, inst, ins, head, tag) -> dict[int, ir.Value]:
         in_per, _ = per_head_layout(inst.inputs[0], self.space)
         out_per, _ = per_head_layout(inst.outputs[0], self.space)
         if _same_sizes(in_per, out_per):
-            return {0: ins[0]}
+            return self._alias(inst, ins[0], 0, tag)
         target: list[int] = []
         unknown = 0
         for i, ax in enumerate(out_per):
@@ -583,7 +597,7 @@ class BlockSplitter:
         in_per, _ = per_head_layout(inst.inputs[0], self.space)
         out_per, _ = per_head_layout(inst.outputs[0], self.space)
         if _same_sizes(in_per, out_per):
-            return {0: ins[0]}
+            return self._alias(inst, ins[0], 0, tag)
         shift = len(out_per) - len(in_per)
         shape = []
         for i, ax in enumerate(out_per):
@@ -600,7 +614,7 @@ class BlockSplitter:
         in_per, _ = per_head_layout(inst.inputs[0], self.space)
         out_per, _ = per_head_layout(inst.outputs[0], self.space)
         if _same_sizes(in_per, out_per):
-            return {0: ins[0]}
+            return self._alias(inst, ins[0], 0, tag)
         if len(in_per) != len(out_per):
             # The repeat disappeared with the head axis: only unit axes differ.
             return self._reshape_to(inst, ins, head, tag)
@@ -618,18 +632,18 @@ class BlockSplitter:
         rank, removed = self._in_removed(inst)
         return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis"), rank, removed)})
 
-    def _window_alias(self, inst, ins) -> dict[int, ir.Value] | None:
+    def _window_alias(self, inst, ins, tag: str) -> dict[int, ir.Value] | None:
         """Split/Slice/Gather that only pick this path's window: the head's piece is the input's."""
         out_index, out_layout = next(iter(inst.outputs.items()))
         in_layout = inst.inputs[0]
         in_per, _ = per_head_layout(in_layout, self.space)
         out_per, _ = per_head_layout(out_layout, self.space)
         if any(ax.is_window for ax in in_layout) and _same_sizes(in_per, out_per):
-            return {out_index: ins[0]}
+            return self._alias(inst, ins[0], out_index, tag)
         return None
 
     def _op_Split(self, inst, ins, head, tag):
-        alias = self._window_alias(inst, ins)
+        alias = self._window_alias(inst, ins, tag)
         if alias is not None:
             return alias
         rank, removed = self._in_removed(inst)
@@ -645,7 +659,7 @@ class BlockSplitter:
         return {idx: node.outputs[idx] for idx in inst.outputs}
 
     def _op_Slice(self, inst, ins, head, tag):
-        alias = self._window_alias(inst, ins)
+        alias = self._window_alias(inst, ins, tag)
         if alias is not None:
             return alias
         rank, removed = self._in_removed(inst)
@@ -664,7 +678,7 @@ class BlockSplitter:
         return self._clone(inst, ins, head, tag, extra_inputs=new_inputs)
 
     def _op_Gather(self, inst, ins, head, tag):
-        alias = self._window_alias(inst, ins)
+        alias = self._window_alias(inst, ins, tag)
         if alias is not None:
             return alias
         if inst.node.inputs[1] is not None and const_array(inst.node.inputs[1]) is not None and const_array(inst.node.inputs[1]).ndim == 0 and inst.inputs[0][norm_axis(attr(inst.node, "axis", 0), len(inst.inputs[0]))].is_window:
