@@ -8,7 +8,6 @@ from pathlib import Path
 
 def run_demo(output: str | Path, example: str = "llama3-tiny") -> int:
     from fuzz import examples
-
     from mha2sha.api import ConvertOptions, convert
     from mha2sha.cli import blocks_table
     from verify.report import verdict_table

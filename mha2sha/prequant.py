@@ -237,7 +237,7 @@ def rename_encodings(enc_set, mapping: Mapping[str, Sequence[str]], model: ir.Mo
         for new in new_names:
             if new == original:
                 continue
-            enc = enc_set.copy_to(original, new)
+            enc = enc_set.copy(original, new)
             if new in inputs and enc.section == "param":
                 enc.section = "activation"
             done["renamed"].append((original, new))

@@ -51,7 +51,8 @@ def softmax(x: np.ndarray, *, axis: int = -1, nan_to_zero: bool = False) -> np.n
     if nan_to_zero:
         masked_rows = np.isneginf(m)
         m = np.where(masked_rows, np.zeros((), x.dtype), m)
-    e = np.exp(x - m)
+    with np.errstate(invalid="ignore"):  # -inf - -inf: the documented NaN row
+        e = np.exp(x - m)
     total = np.sum(e, axis=axis, keepdims=True)
     if nan_to_zero:
         # exp(-inf - 0) is 0 everywhere in such a row: divide by 1 to keep the zeros.

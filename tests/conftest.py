@@ -4,17 +4,20 @@ Profiles (select with HYPOTHESIS_PROFILE=name; default `ci`):
   ci       derandomized, sized so the property suites run in minutes on 2 cores
   dev      random, fewer examples, for quick local iteration
   release  many more examples: the release gate
+  debug    as ci, but without shrinking: shows the first failing example fast
 """
 
 from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                print_blob=True)
 settings.register_profile("ci", max_examples=25, derandomize=True, **_COMMON)
 settings.register_profile("dev", max_examples=10, **_COMMON)
+settings.register_profile("debug", max_examples=25, derandomize=True,
+                          phases=[Phase.explicit, Phase.generate], **_COMMON)
 settings.register_profile("release", max_examples=400, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

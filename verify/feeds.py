@@ -166,8 +166,20 @@ def candidate_assignments(symbols: list[str], extra_values: list[int] | None = N
                 cand = dict(base)
                 cand[x] = cand[y]
                 yield cand
-    # Sizes fixed by constants: each symbol in turn, then pairs summing (past + new = total).
+    # Sizes fixed by constants: first three symbols whose constant sizes already add up
+    # (a traced ALiBi or mask table [.., new, past + new] fixes all three), then each symbol
+    # in turn, then pairs summing (past + new = total).
     values = extra_values or []
+    for x in symbols:
+        for y in symbols:
+            for z in symbols:
+                if len({x, y, z}) == 3 and x < y:
+                    for vx in values:
+                        for vy in values:
+                            if vx + vy in values:
+                                cand = dict(base)
+                                cand[x], cand[y], cand[z] = vx, vy, vx + vy
+                                yield cand
     for x in symbols:
         for v in values:
             cand = dict(base)

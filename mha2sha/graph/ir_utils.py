@@ -30,12 +30,18 @@ def rank(value: ir.Value) -> int | None:
 
 
 def is_const(value: ir.Value | None) -> bool:
+    """An initializer, a Constant output, or an Identity of one (TorchScript shares tied
+    weights and biases through Identity)."""
     if value is None:
         return False
     if value.const_value is not None:
         return True
     producer = value.producer()
-    return producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx")
+    if producer is None or producer.domain not in ("", "ai.onnx"):
+        return False
+    if producer.op_type == "Identity":
+        return is_const(producer.inputs[0])
+    return producer.op_type == "Constant"
 
 
 def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
@@ -45,6 +51,8 @@ def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
     if value.const_value is not None:
         return value.const_value
     producer = value.producer()
+    if producer is not None and producer.op_type == "Identity" and producer.domain in ("", "ai.onnx"):
+        return const_tensor(producer.inputs[0])
     if producer is None or producer.op_type != "Constant":
         return None
     for name, attr in producer.attributes.items():

@@ -107,12 +107,15 @@ def _rms_norm(ctx, i, a):
     return [F.rms_norm(i[0], i[1], eps=a.get("epsilon", 1e-5), axis=a.get("axis", -1))]
 
 
-@op("SimplifiedLayerNormalization", domain="com.microsoft")
+@op("SimplifiedLayerNormalization")  # onnxruntime registers it in the ONNX domain
 def _simplified_layer_norm(ctx, i, a):
     x = i[0]
     axes = tuple(range(a.get("axis", -1) % x.ndim, x.ndim))
     inv = 1 / np.sqrt(np.mean(x * x, axis=axes, keepdims=True) + np.asarray(a.get("epsilon", 1e-5), x.dtype))
     return [x * inv * i[1], inv]
+
+
+REGISTRY[("com.microsoft", "SimplifiedLayerNormalization")] = _simplified_layer_norm
 
 
 @op("GroupNormalization")

@@ -23,8 +23,9 @@ def _reshape(ctx, i, a):
 @op("Flatten")
 def _flatten(ctx, i, a):
     x = i[0]
-    axis = a.get("axis", 1) % (x.ndim + 1) if x.ndim else 0
-    return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
+    axis = a.get("axis", 1)
+    axis = axis + x.ndim if axis < 0 else axis
+    return [x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), int(np.prod(x.shape[axis:], dtype=np.int64)))]
 
 
 @op("Transpose")
@@ -121,6 +122,8 @@ def _gather(ctx, i, a):
 def _gather_elements(ctx, i, a):
     x, idx = i
     axis = a.get("axis", 0) % x.ndim
+    # The output has the indices' shape, which may be smaller than x on the other axes.
+    x = x[tuple(slice(None) if k == axis else slice(0, n) for k, n in enumerate(idx.shape))]
     return [np.take_along_axis(x, _wrapped(idx, x.shape[axis]), axis=axis)]
 
 

@@ -52,7 +52,7 @@ def test_linear_to_conv_keeps_the_function_and_the_names(changes):
     produced = {o for n in after.graph.node for o in n.output}
     # A MatMul followed by its bias Add is one Conv: the Add's output name is kept instead.
     assert record.converted >= len(linear_weights) and len(linear_outputs - produced) <= record.converted
-    for name, w in ((t.name, t) for t in after.graph.initializer if t.name in linear_weights):
+    for w in (t for t in after.graph.initializer if t.name in linear_weights):
         assert len(w.dims) == 4 and w.dims[2:] == [1, 1]
     got = merge_outputs(run_ort(after, sha_feeds(feeds, result)), result)
     for name, expected in truth.items():

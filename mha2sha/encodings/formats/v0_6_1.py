@@ -1,0 +1,149 @@
+"""AIMET encodings 0.6.1: ``{section: {tensor: [one dict per channel]}}``.
+
+Each dict: ``bitwidth``, ``dtype`` ("int" / "float"), ``is_symmetric`` (the *string* "True" /
+"False"), ``max``, ``min``, ``offset`` (a float holding an integer), ``scale``. One dict is a
+per-tensor encoding, N dicts are N output channels in order. Float tensors:
+``[{"bitwidth": 16, "dtype": "float"}]``. There is no per-block or LPBQ form.
+Written from other versions: min = offset * scale, max = min + (2^bw - 1) * scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mha2sha.encodings.errors import Problem
+from mha2sha.encodings.formats import _fields as f
+from mha2sha.encodings.formats._render import KIND_LABELS, RenderContext, unrepresentable
+from mha2sha.encodings.model import BLOCKED, TensorEncoding, as_float, exact
+
+VERSION = "0.6.1"
+SECTIONS = {"activation_encodings": "activation", "param_encodings": "param"}
+_KNOWN = ("bitwidth", "dtype", "is_symmetric", "max", "min", "offset", "scale")
+
+
+# -- reading ------------------------------------------------------------------------------
+def parse(doc: dict) -> dict[str, TensorEncoding]:
+    tensors: dict[str, TensorEncoding] = {}
+    for key, section in SECTIONS.items():
+        entries = doc.get(key, {})
+        if not isinstance(entries, dict):
+            raise Problem(f"{key!r} must be an object mapping tensor names to lists of encodings (0.6.1)")
+        for name, channels in entries.items():
+            if name in tensors:
+                raise Problem(f"tensor {name!r} has an activation and a param encoding")
+            tensors[name] = _entry(name, section, channels, f.where(key, name))
+    return tensors
+
+
+def _entry(name: str, section: str, channels, at: str) -> TensorEncoding:
+    if not isinstance(channels, list) or not channels:
+        raise Problem(f"{at}: must be a non-empty list of encodings (one per channel)")
+    for d in channels:
+        f.obj(d, at, "encoding")
+    first = channels[0]
+    literals, absent = {}, []
+    dtype_literal = first.get("dtype", "int")
+    if "dtype" not in first:
+        absent.append("dtype")
+    else:
+        literals["dtype"] = dtype_literal
+    dtype = f.text(dtype_literal, at, "dtype").lower()
+    if dtype not in ("int", "float"):
+        raise Problem(f"{at}: 'dtype' must be \"int\" or \"float\", got {dtype_literal!r}")
+    style = {"version": VERSION, "literals": literals, "absent": absent}
+    extras = tuple({k: v for k, v in d.items() if k not in _KNOWN} for d in channels)
+    if dtype == "float":
+        if len(channels) != 1:
+            raise Problem(f"{at}: a float encoding has one entry, got {len(channels)}")
+        bitwidth = f.float_bitwidth(f.require(first, "bitwidth", at), at, "bitwidth")
+        return TensorEncoding("float", bitwidth, dtype="float", section=section, channel_extras=extras, style=style)
+
+    bitwidth = f.int_bitwidth(f.require(first, "bitwidth", at), at, "bitwidth")
+    symmetric = None
+    if "is_symmetric" in first:
+        literals["is_symmetric"] = first["is_symmetric"]
+        symmetric = f.flag(first["is_symmetric"], at, "is_symmetric")
+    else:
+        absent.append("is_symmetric")
+    for k, d in enumerate(channels[1:], start=1):
+        for key in ("bitwidth", "dtype", "is_symmetric"):
+            if d.get(key) != first.get(key):
+                raise Problem(f"{at}: channel {k} has {key} {d.get(key)!r}, channel 0 has {first.get(key)!r}")
+    scale = exact([f.number(f.require(d, "scale", at), at, "scale") for d in channels])
+    offset = exact([f.number(f.require(d, "offset", at), at, "offset") for d in channels])
+    f.positive_scales(scale, at, "scale")
+    has_range = ["min" in d and "max" in d for d in channels]
+    if any(has_range) and not all(has_range):
+        raise Problem(f"{at}: some channels have min/max and some do not")
+    lo = hi = None
+    if all(has_range):
+        lo = exact([f.number(d["min"], at, "min") for d in channels])
+        hi = exact([f.number(d["max"], at, "max") for d in channels])
+        if not np.all(np.isfinite(as_float(lo))) or not np.all(np.isfinite(as_float(hi))):
+            raise Problem(f"{at}: 'min'/'max' must be finite")
+    else:
+        absent.extend(["min", "max"])
+    per_channel = len(channels) > 1
+
+    def shaped(a):
+        return a if a is None or per_channel else a.reshape(())
+
+    return TensorEncoding(
+        "per_channel" if per_channel else "per_tensor", bitwidth, symmetric=symmetric,
+        scale=shaped(scale), offset=shaped(offset), min=shaped(lo), max=shaped(hi),
+        section=section, channel_extras=extras, style=style,
+    )
+
+
+# -- writing ------------------------------------------------------------------------------
+def render_sections(tensors: dict[str, TensorEncoding], ctx: RenderContext) -> dict:
+    out = {key: {} for key in SECTIONS}
+    for name, enc in tensors.items():
+        if enc.kind in BLOCKED:
+            raise unrepresentable(name, f"{KIND_LABELS[enc.kind]} encoding", VERSION,
+                                  "0.6.1 has no per-block or LPBQ form: write 1.0.0 or 2.0.0")
+        key = "param_encodings" if ctx.section_of(name, enc) == "param" else "activation_encodings"
+        out[key][name] = _render_entry(enc, ctx)
+    return out
+
+
+def _render_entry(enc: TensorEncoding, ctx: RenderContext) -> list[dict]:
+    same = ctx.same_style(enc)
+    dtype = ctx.literal(enc, "dtype", enc.dtype, enc.dtype, str.lower)
+    if enc.kind == "float":
+        d = {"bitwidth": enc.bitwidth}
+        if not ctx.omitted(enc, "dtype"):
+            d["dtype"] = dtype
+        return [{**d, **_channel_extras(enc, 0, same)}]
+    count = enc.channels or 1
+    scales, offsets = enc.scale.reshape(-1), enc.offset.reshape(-1)
+    if same and enc.min is not None:
+        lows, highs = enc.min.reshape(-1), enc.max.reshape(-1)
+    elif same:
+        lows = highs = None
+    else:
+        levels = 2**enc.bitwidth - 1
+        lows = [float(o) * float(s) for s, o in zip(scales, offsets)]
+        highs = [lo + levels * float(s) for lo, s in zip(lows, scales)]
+    symmetric = None if ctx.omitted(enc, "is_symmetric") else ctx.literal(
+        enc, "is_symmetric", enc.symmetric, str(enc.inferred_symmetric()), lambda v: f.flag(v, "", ""))
+    entries = []
+    for k in range(count):
+        d = {"bitwidth": enc.bitwidth}
+        if not ctx.omitted(enc, "dtype"):
+            d["dtype"] = dtype
+        if symmetric is not None:
+            d["is_symmetric"] = symmetric
+        if lows is not None:
+            d["max"] = highs[k]
+            d["min"] = lows[k]
+        d["offset"] = offsets[k] if same else float(offsets[k])
+        d["scale"] = scales[k] if same else float(scales[k])
+        entries.append({**d, **_channel_extras(enc, k, same)})
+    return entries
+
+
+def _channel_extras(enc: TensorEncoding, k: int, same: bool) -> dict:
+    if same and enc.channel_extras is not None and k < len(enc.channel_extras):
+        return dict(enc.channel_extras[k])
+    return {}

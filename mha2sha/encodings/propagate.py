@@ -1,0 +1,112 @@
+"""Carry the MHA model's encodings onto the SHA model, following the split records.
+
+- A tensor that keeps its name keeps its encoding (the merged attention output, every
+  tensor outside the blocks).
+- Each head's piece of an activation takes the whole tensor's encoding: a slice of a
+  per-tensor-encoded tensor quantizes identically.
+- Each head's slice of a weight or bias takes the same channels of its per-channel /
+  per-block / LPBQ encoding (per-tensor ones are copied).
+- Tensors created only for layout (the Conv detour of linear->conv, an Unsqueeze before a
+  head Concat) inherit the encoding of the MHA tensor they stand for.
+- A weight relaid out for Conv keeps its name; its stored axis (2.x) moves.
+Every input encoding is accounted for in the summary: kept, copied, sliced, or dropped with
+the reason; names absent from the input model are listed too.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import onnx_ir as ir
+
+from mha2sha.encodings.layout import ModelView, channel_axis_of
+from mha2sha.encodings.model import EncodingSet
+
+
+def _names(model: ir.Model) -> dict[str, ir.Value]:
+    values: dict[str, ir.Value] = {v.name: v for v in model.graph.inputs}
+    values.update(model.graph.initializers)
+    for node in model.graph:
+        for out in node.outputs:
+            values[out.name] = out
+    return values
+
+
+def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, split, conv=None) -> tuple[EncodingSet, dict]:
+    """The SHA model's encodings and a summary of what happened to each input entry."""
+    before = _names(original)
+    after = _names(converted)
+    original_view = ModelView(original)
+    out = EncodingSet(encodings.version, {}, copy.deepcopy(encodings.top), encodings.source, encodings.key_order)
+    summary: dict[str, list] = {"kept": [], "copied": [], "sliced": [], "relaid_out": [], "dropped": [], "absent_from_model": []}
+    work = EncodingSet(encodings.version, copy.deepcopy(encodings.tensors), {}, encodings.source)
+
+    def place(name: str) -> None:
+        out.tensors[name] = work.tensors[name]
+
+    # Weight slices, by source.
+    slices: dict[str, list] = {}
+    for record in split.records:
+        for ps in record.params:
+            slices.setdefault(ps.source, []).append(ps)
+    pieces: dict[str, list[str]] = {}
+    for record in split.records:
+        for original_name, new in record.activations.items():
+            pieces.setdefault(original_name, [])
+            pieces[original_name].extend(n for n in new if n not in pieces[original_name])
+    if conv is not None:
+        for original_name, new in conv.activations.items():
+            pieces.setdefault(original_name, []).extend(new)
+
+    for name in list(encodings.tensors):
+        enc = encodings.tensors[name]
+        if name not in before:
+            summary["absent_from_model"].append(name)
+        handled = False
+        if name in after:
+            place(name)
+            summary["kept"].append(name)
+            handled = True
+        for ps in slices.get(name, []):
+            if ps.target not in after:
+                continue
+            rank = len(ps.source_shape)
+            channel_axis = enc.channel_axis if enc.channel_axis is not None else (channel_axis_of(name, original_view) if name in before else 0)
+            if enc.kind in ("per_tensor", "float") or ps.axis < 0:
+                work.copy(name, ps.target)
+                summary["copied"].append((name, ps.target))
+            elif ps.axis % rank == channel_axis % rank:
+                work.take(name, ps.target, ps.indices, channels=ps.source_shape[channel_axis % rank])
+                summary["sliced"].append((name, ps.target))
+            else:
+                # Sliced along another axis: every channel is still there.
+                work.copy(name, ps.target)
+                summary["copied"].append((name, ps.target))
+            place(ps.target)
+            handled = True
+        for piece in pieces.get(name, []):
+            if piece in after and piece not in out.tensors:
+                work.copy(name, piece)
+                place(piece)
+                summary["copied"].append((name, piece))
+                handled = True
+        if not handled:
+            reason = "the tensor is not in the input model" if name not in before else "the split removed the tensor and nothing stands for it"
+            summary["dropped"].append((name, reason))
+    # Pieces of pieces: linear->conv layout tensors of per-head outputs.
+    if conv is not None:
+        for source, new in conv.activations.items():
+            if source in out.tensors:
+                for piece in new:
+                    if piece in after and piece not in out.tensors:
+                        work.copy(source, piece)
+                        place(piece)
+                        summary["copied"].append((source, piece))
+        for _weight, (new_name, _old_axis, new_axis) in conv.weights.items():
+            if new_name in out.tensors and new_name in after and after[new_name].const_value is not None:
+                rank = len(after[new_name].const_value.shape)
+                out.tensors[new_name] = work.move_channel_axis(new_name, new_axis, rank=rank)
+                summary["relaid_out"].append(new_name)
+    counts = {k: len(v) for k, v in summary.items()}
+    report = {"counts": counts, **{k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in summary.items() if k in ("dropped", "absent_from_model")}}
+    return out, report
