@@ -34,6 +34,7 @@ from mha2sha.graph.io import (
 from mha2sha.passes.cleanup import cleanup
 from mha2sha.passes.linear_to_conv import ConvRecord, linear_to_conv
 from mha2sha.pipeline import BlockReport, SplitResult, _all_names, split_model
+from mha2sha.progress import Progress
 
 log = logging.getLogger("mha2sha")
 
@@ -58,7 +59,12 @@ class ConvertOptions:
     link_weights: bool = False
     allow_hard_links: bool = False
     create_input_lists: bool = False
+    ar_tokens: int | None = None  # rebuild a cached decoder for this many new tokens per step first
+    ar_context: int | None = None  # ... with this context length (default: unchanged)
+    lora_alpha_from_input: bool = False  # lift every LoRA alpha to a graph input first
+    lora_adaptors: str | Path | None = None  # YAML list of LoRA adaptors to convert with the model
     expectations: object | None = None  # mha2sha.compat.ReferenceFlags whose expectations are checked
+    prepared: dict | None = None  # set internally: what mha2sha.prepare changed (for the report)
 
 
 @dataclass
@@ -73,6 +79,8 @@ class ConversionResult:
     report: dict | None = None
     report_paths: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    prequant_only: bool = False  # --skip-mha2sha: only the pre-quantization adaptation ran
+
 
     @property
     def converted_blocks(self) -> list[BlockReport]:
@@ -84,6 +92,8 @@ class ConversionResult:
 
     @property
     def exit_code(self) -> int:
+        if self.prequant_only:
+            return EXIT_OK
         if not self.converted_blocks:
             return EXIT_NO_ATTENTION
         return EXIT_OK if self.ok else EXIT_VERIFICATION_FAILED
@@ -126,7 +136,7 @@ def _base_report(model_path: Path, opts: ConvertOptions) -> dict:
         "status": "fail",
         "tool": {"name": "mha2sha", "version": __version__},
         "model": {"original": str(model_path), "encodings": str(opts.encodings) if opts.encodings else None},
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k != "expectations"},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k not in ("expectations", "prepared")},
         "seed": opts.seed,
         "blocks": [],
         "skipped_blocks": [],
@@ -145,21 +155,24 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     started = time.perf_counter()
     model_path = Path(model_path)
     loaded = load_model(model_path, allow_hard_links=opts.allow_hard_links)
-    encodings = None
-    if opts.encodings is not None:
-        from mha2sha.encodings import read_encodings
+    encodings = _read_encodings(opts.encodings)
+    adaptor_specs = None
+    if opts.lora_adaptors is not None:
+        from mha2sha.lora_adaptors import read_adaptor_list
 
-        if not Path(opts.encodings).is_file():
-            raise InputError(opts.encodings, "encodings file not found")
-        try:
-            encodings = read_encodings(opts.encodings)
-        except ValueError as exc:
-            raise InputError(None, str(exc)) from None
+        adaptor_specs = read_adaptor_list(opts.lora_adaptors)
+    if opts.ar_tokens is not None or opts.lora_alpha_from_input:
+        return _convert_prepared(model_path, output_dir, opts, encodings, started)
     inputs = [model_path] + ([Path(opts.encodings)] if opts.encodings else []) + _external_files(loaded.model)
+    for spec in adaptor_specs or []:
+        inputs += [Path(spec.weights)] + ([Path(spec.encodings)] if spec.encodings is not None else [])
     out_dir = prepare_output_dir(output_dir, inputs)
     if opts.name is not None:
         _refuse_overwriting_inputs(out_dir, safe_output_name(opts.name), inputs)
+    progress = Progress(bar=opts.progress)
     report = _base_report(model_path, opts)
+    if opts.prepared is not None:
+        report["prepared"] = opts.prepared
     timings: dict[str, float] = {}
     stage = "find and split"
     result = ConversionResult(out_dir, None, None, None, [])
@@ -167,7 +180,9 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         t0 = time.perf_counter()
         model = loaded.model
         requantized = _requantized(encodings) if encodings is not None else None
-        split = split_model(model, heads_per_block=opts.heads_per_block, per_head_cache_io=opts.per_head_cache_io, requantized=requantized)
+        with progress.stage("finding and splitting attention blocks") as p:
+            split = split_model(model, heads_per_block=opts.heads_per_block, per_head_cache_io=opts.per_head_cache_io,
+                                requantized=requantized, progress=p)
         timings["split"] = time.perf_counter() - t0
         if opts.expectations is not None:
             from mha2sha.compat import check_expectations
@@ -189,7 +204,9 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         try:
             stage = "save"
             t0 = time.perf_counter()
-            model_file, write_stats = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD, link_weights=opts.link_weights)
+            with progress.stage("saving weights") as p:
+                model_file, write_stats = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD,
+                                                     link_weights=opts.link_weights, progress=p)
             report["write"] = write_stats
             timings["save"] = time.perf_counter() - t0
             mapping = name_mapping(split, conv_record)
@@ -209,6 +226,18 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
                 write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
                 mha_numeric = numeric_encodings(encodings, original_model)
                 sha_numeric = numeric_encodings(sha_encodings, model)
+            if adaptor_specs is not None:
+                stage = "lora adaptors"
+                from mha2sha.lora_adaptors import convert_adaptors
+
+                original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links).model
+                adaptors = convert_adaptors(adaptor_specs, staged, original=original_model, converted=model, split=split,
+                                            conv=conv_record, encodings_version=opts.encodings_version)
+                report["lora_adaptors"] = {
+                    "adaptors": [{"name": a.name, "tensors": len(a.tensors), "cast_to_model_dtype": a.cast,
+                                  "encodings": a.encodings_summary} for a in adaptors.adaptors],
+                    "tensor_names": len(adaptors.tensor_names),
+                }
             stage = "save"
             placed = staged.commit(last=model_file)
         except BaseException:
@@ -219,17 +248,26 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         result.mapping_path = placed.get(MAPPING_FILE)
         report["model"]["converted"] = str(result.model_path)
         report["model"]["sha_encodings"] = str(result.encodings_path) if result.encodings_path else None
+        from verify.run import BlockSpec
+
+        specs = [
+            BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features), dict(rec.io_splits))
+            for rec, b in zip(split.records, split.converted)
+        ]
+        if opts.create_input_lists:
+            stage = "input lists"
+            from mha2sha.input_lists import write_input_lists
+
+            report["input_lists"] = write_input_lists(out_dir, model_path, result.model_path, specs, seed=opts.seed,
+                                                      weight_bytes=loaded.weight_bytes)
         if opts.verify and split.converted:
             stage = "verify"
-            from verify.run import BlockSpec, verify_models
+            from verify.run import verify_models
 
-            specs = [
-                BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features), dict(rec.io_splits))
-                for rec, b in zip(split.records, split.converted)
-            ]
-            verification = verify_models(model_path, result.model_path, specs, seed=opts.seed, end_to_end=opts.end_to_end,
-                                         weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric,
-                                         allow_hard_links=opts.allow_hard_links or opts.link_weights)
+            with progress.stage("verifying blocks") as p:
+                verification = verify_models(model_path, result.model_path, specs, seed=opts.seed, end_to_end=opts.end_to_end,
+                                             weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric,
+                                             allow_hard_links=opts.allow_hard_links or opts.link_weights, progress=p)
             timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
             report.update(verification)
             if encodings is not None:
@@ -252,6 +290,38 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         result.report = report
         if report["status"] != "pass":
             (out_dir / "VERIFICATION_FAILED").write_text("The verification report lists the failing checks: verification_report.md\n")
+    return result
+
+
+def _read_encodings(path):
+    if path is None:
+        return None
+    from mha2sha.encodings import read_encodings
+
+    if not Path(path).is_file():
+        raise InputError(path, "encodings file not found")
+    try:
+        return read_encodings(path)
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
+
+
+def _convert_prepared(model_path: Path, output_dir, opts: ConvertOptions, encodings, started: float) -> ConversionResult:
+    """--ar-tokens / --lora-alpha-from-input: change the MHA model first (written to
+    OUTDIR/prepared/), then convert and verify from the changed model."""
+    import dataclasses
+
+    from mha2sha.prepare import prepare_input
+
+    prepared = prepare_input(model_path, Path(output_dir), encodings=encodings,
+                             encodings_path=Path(opts.encodings) if opts.encodings else None,
+                             ar_tokens=opts.ar_tokens, ar_context=opts.ar_context,
+                             lora_alpha_from_input=opts.lora_alpha_from_input,
+                             allow_hard_links=opts.allow_hard_links, encodings_version=opts.encodings_version)
+    inner = dataclasses.replace(opts, ar_tokens=None, ar_context=None, lora_alpha_from_input=False,
+                                encodings=prepared.encodings_path, prepared=prepared.summary)
+    result = convert(prepared.model_path, output_dir, inner)
+    result.seconds = time.perf_counter() - started
     return result
 
 

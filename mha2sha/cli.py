@@ -20,7 +20,7 @@ import sys
 import traceback
 
 from mha2sha import __version__
-from mha2sha.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, Mha2ShaError
+from mha2sha.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, Mha2ShaError, UsageError
 
 LOG_LEVELS = {"verbose": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
 
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-ar", type=int, default=1, metavar="M", help="heads per attention block after the split (AR-M; default 1 = single-head)")
     p.add_argument("--kv-cache-io", choices=["per-head", "original"], default="per-head", help="KV-cache graph inputs/outputs: one per kv head named <name>_h<g> without the head axis (default), or the original tensors sliced inside the graph")
     p.add_argument("--create-input-lists", action="store_true", help="write input_list.txt, raw float32 inputs and goldens of the MHA model")
+    p.add_argument("--ar-tokens", type=int, metavar="T", help="first rebuild a static cached decoder for T new tokens per step (past = context - T); the SHA model is verified against the rebuilt one, written to OUTDIR/prepared/")
+    p.add_argument("--ar-context", type=int, metavar="C", help="with --ar-tokens: the context length (default: the model's past + new)")
+    p.add_argument("--lora-alpha-from-input", action="store_true", help="first make every LoRA alpha a graph input (one per adaptor slot; the report lists the values that reproduce the model)")
+    p.add_argument("--lora-adaptors", metavar="YAML", help="YAML list of LoRA adaptors (name, weights .safetensors, optional encodings) to convert onto the SHA names")
     p.add_argument("--link-weights", action="store_true", help="hard-link the input's data file into OUTDIR and reference unchanged weights in it (no copy; same file system only)")
     _common(p)
 
@@ -129,7 +133,13 @@ def _cmd_convert(args) -> int:
         create_input_lists=args.create_input_lists,
         link_weights=args.link_weights,
         allow_hard_links=args.allow_hard_links,
+        ar_tokens=args.ar_tokens,
+        ar_context=args.ar_context,
+        lora_alpha_from_input=args.lora_alpha_from_input,
+        lora_adaptors=args.lora_adaptors,
     )
+    if args.ar_context is not None and args.ar_tokens is None:
+        raise UsageError(None, "--ar-context needs --ar-tokens")
     result = convert(args.model, args.output, opts)
     return _print_result(result, args)
 
@@ -145,6 +155,10 @@ def _print_result(result, args) -> int:
             "blocks": [b.as_dict() for b in result.blocks],
             "seconds": round(result.seconds, 3),
         }, indent=1))
+    elif result.prequant_only:
+        print(f"wrote {result.model_path}")
+        print(f"wrote {result.mapping_path}")
+        print("pre-quantization adaptation only (--skip-mha2sha): nothing converted, nothing to verify")
     else:
         print(blocks_table(result.blocks))
         if result.model_path:

@@ -12,6 +12,7 @@ against what was found (a mismatch is a warning, and an error with ``--strict``)
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def run_reference_flags(flags: ReferenceFlags):
         log.warning("--disable-auto-attn-finder has no effect: attention is always found by structure")
     if flags.optimize_o_proj and not flags.mha_conv:
         log.info("--optimize-o-proj applies to Conv output projections")
+    if flags.skip_mha2sha:
+        return _prequant_only(flags)
     opts = ConvertOptions(
         name=flags.model_name,
         encodings=flags.exported_model_encoding_path,
@@ -189,5 +192,23 @@ def run_reference_flags(flags: ReferenceFlags):
         heads_per_block=flags.build_ar or 1,
         expectations=flags,
         create_input_lists=flags.create_input_lists,
+        progress=sys.stderr.isatty(),
+        ar_tokens=flags.ar_tokens,
+        lora_alpha_from_input=flags.lora_alpha_from_input,
+        lora_adaptors=flags.lora_adaptor_list_path,
     )
     return convert(flags.exported_model_path, flags.sha_export_path, opts)
+
+
+def _prequant_only(flags: ReferenceFlags):
+    """--skip-mha2sha: only the pre-quantization adaptation (the model AIMET quantizes)."""
+    from mha2sha.api import ConversionResult
+    from mha2sha.prequant import run_prequant
+
+    out = run_prequant(flags.exported_model_path, flags.sha_export_path, lora_alpha_from_input=flags.lora_alpha_from_input,
+                       name=flags.model_name)
+    log.info("pre-quantization adaptation only: wrote %s and %s", out.model_path, out.mapping_path)
+    if out.result.alpha_inputs:
+        log.info("LoRA alpha inputs (feed these values to reproduce the original): %s",
+                 {k: v.tolist() for k, v in out.result.alpha_inputs.items()})
+    return ConversionResult(out.model_path.parent, out.model_path, None, out.mapping_path, [], prequant_only=True)

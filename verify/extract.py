@@ -62,7 +62,7 @@ def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.Mode
         stack.extend(i for i in node.inputs if i is not None)
     order = [n for n in graph if id(n) in needed_nodes]
     proto_nodes = [ir.serde.serialize_node(n) for n in order]
-    proto_inits = [ir.serde.serialize_tensor(v.const_value) for v in needed_inits.values()]
+    proto_inits = [ir.serde.serialize_tensor(_in_memory(v.const_value)) for v in needed_inits.values()]
     for t, v in zip(proto_inits, needed_inits.values()):
         t.name = v.name
     used = {name for n in proto_nodes for name in n.input}
@@ -80,6 +80,14 @@ def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.Mode
     out = onnx.helper.make_model(g, opset_imports=opsets)
     out.ir_version = model.ir_version
     return out
+
+
+def _in_memory(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+    """External data is referenced relative to the model's folder, which an extracted block
+    (run from memory) does not have: a block's weights are read into it (one block at a time)."""
+    if isinstance(tensor, ir.ExternalTensor):
+        return ir.Tensor(tensor.numpy(), name=tensor.name)
+    return tensor
 
 
 def _value_info(v: ir.Value) -> onnx.ValueInfoProto:

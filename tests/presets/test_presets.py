@@ -75,8 +75,6 @@ def test_preset_files_are_in_the_form_the_update_command_writes():
 
 
 @pytest.mark.exporters
-@pytest.mark.xfail(strict=True, reason="converter defect: per-block verification cannot read weights kept in the "
-                   "exporter's .onnx.data file (the harness otherwise saves exports as one file)")
 def test_external_data_export(tmp_path):
     """The llama3 export as torch.onnx (dynamo) writes it: weights in llama3.onnx.data."""
     from dataclasses import replace
