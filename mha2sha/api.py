@@ -80,6 +80,7 @@ class ConversionResult:
     report_paths: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
     prequant_only: bool = False  # --skip-mha2sha: only the pre-quantization adaptation ran
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
     @property
@@ -156,6 +157,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     model_path = Path(model_path)
     loaded = load_model(model_path, allow_hard_links=opts.allow_hard_links)
     encodings = _read_encodings(opts.encodings)
+    encodings_warnings = _validate_encodings(encodings, loaded.model) if encodings is not None else []
     adaptor_specs = None
     if opts.lora_adaptors is not None:
         from mha2sha.lora_adaptors import read_adaptor_list
@@ -171,6 +173,8 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         _refuse_overwriting_inputs(out_dir, safe_output_name(opts.name), inputs)
     progress = Progress(bar=opts.progress)
     report = _base_report(model_path, opts)
+    if encodings_warnings:
+        report["encodings_warnings"] = encodings_warnings[:200]
     if opts.prepared is not None:
         report["prepared"] = opts.prepared
     timings: dict[str, float] = {}
@@ -212,6 +216,12 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
             mapping = name_mapping(split, conv_record)
             with open(staged.path(MAPPING_FILE), "w") as fh:
                 json.dump(mapping, fh, indent=1, sort_keys=True)
+            from mha2sha.prequant import ALL_STAGES_FILE, write_all_stages_mapping
+
+            # Original (AIMET export) name -> names in the final model, through every stage.
+            stages = ([opts.prepared["prequant_map"]] if opts.prepared and opts.prepared.get("prequant_map") else []) + [mapping, conv_record]
+            write_all_stages_mapping(staged.path(ALL_STAGES_FILE), stages, final_model=model,
+                                     originals=set(encodings.tensors) if encodings is not None else None)
             encodings_file = None
             mha_numeric = sha_numeric = None
             if encodings is not None:
@@ -285,6 +295,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     result.seconds = time.perf_counter() - started
     timings["total"] = result.seconds
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    result.timings = dict(timings)
     if opts.verify:
         result.report_paths = write_report(report, out_dir)
         result.report = report
@@ -304,6 +315,18 @@ def _read_encodings(path):
         return read_encodings(path)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
+
+
+def _validate_encodings(encodings, model: ir.Model) -> list[str]:
+    """Channel counts against the model's tensors (a mismatch is bad input: exit 2); names
+    the model does not have come back as warnings for the report."""
+    try:
+        warnings = encodings.validate_against(model)
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
+    if warnings:
+        log.warning("%d encodings name tensors the model does not have, e.g. %s", len(warnings), warnings[0])
+    return warnings
 
 
 def _convert_prepared(model_path: Path, output_dir, opts: ConvertOptions, encodings, started: float) -> ConversionResult:

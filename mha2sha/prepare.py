@@ -96,5 +96,7 @@ def prepare_input(model_path: Path, output_dir: Path, *, encodings=None, encodin
         staged.discard()
         raise
     summary["model"] = str(placed[model_file])
+    if mapping:
+        summary["prequant_map"] = str(placed[PREQUANT_MAP_FILE])
     new_enc = placed.get(enc_file) if enc_file else encodings_path
     return Prepared(placed[model_file], new_enc, summary)

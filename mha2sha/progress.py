@@ -30,7 +30,7 @@ class StageProgress:
             self.bar.update(done - self.bar.n)
             return
         tenth = (10 * done) // max(total, 1)
-        if tenth != self._last_logged and (done == total or tenth > self._last_logged):
+        if done == total or (total >= 10 and tenth > self._last_logged):
             self._last_logged = tenth
             log.info("%s: %d/%d", self.stage, done, total)
 

@@ -6,6 +6,7 @@ the block's weights are read.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -25,6 +26,38 @@ def _value_map(graph: ir.Graph) -> dict[str, ir.Value]:
             if out.name:
                 values[out.name] = out
     return values
+
+
+def minimal_inputs(original: ir.Model, converted: ir.Model, mha_inputs: list[str], sha_inputs: list[str]) -> tuple[list[str], list[str]]:
+    """The block inputs of both models without those that both compute from the others.
+
+    A split block may read a tensor from further up than the original did (a per-kv-head
+    RoPE reads cos [B, S, D] where the MHA block read Unsqueeze(cos) [B, 1, S, D]); both
+    block models must then start from the upstream tensor, with the node in between inside
+    the block, so that both are fed the same values. A tensor is dropped only when one node
+    computes it from the other inputs (and constants) in both models: otherwise (linear->conv
+    rewrote its producer, say) it stays an input of both."""
+    mha_values, sha_values = _value_map(original.graph), _value_map(converted.graph)
+    mha, sha = list(dict.fromkeys(mha_inputs)), list(dict.fromkeys(sha_inputs))
+
+    def derived(values: dict[str, ir.Value], name: str, stop: set[str]) -> bool:
+        v = values.get(name)
+        node = v.producer() if v is not None else None
+        if node is None:
+            return False
+        sources = [i for i in node.inputs if i is not None]
+        return (bool(sources) and all(i.name in stop or i.const_value is not None for i in sources)
+                and any(i.name in stop for i in sources))
+
+    changed = True
+    while changed:
+        changed = False
+        for name in [n for n in mha if n in sha]:
+            if derived(mha_values, name, set(mha)) and derived(sha_values, name, set(sha)):
+                mha.remove(name)
+                sha.remove(name)
+                changed = True
+    return mha, sha
 
 
 def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
@@ -86,7 +119,9 @@ def _in_memory(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
     """External data is referenced relative to the model's folder, which an extracted block
     (run from memory) does not have: a block's weights are read into it (one block at a time)."""
     if isinstance(tensor, ir.ExternalTensor):
-        return ir.Tensor(tensor.numpy(), name=tensor.name)
+        array = np.array(tensor.numpy(), copy=True)
+        tensor.release()  # unmap: pages read for one block must not stay resident for the next
+        return ir.Tensor(array, name=tensor.name)
     return tensor
 
 

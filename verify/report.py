@@ -120,4 +120,14 @@ def verdict_table(report: dict) -> str:
         rows.append(f"  {b['name']:<10} {b['status']:<5} worst error/tolerance {worst:.3g}" + (f"  {b['error']}" if b.get("error") else ""))
     e2e = report.get("end_to_end", {})
     rows.append(f"  end-to-end {e2e.get('status', 'n/a')}" + (f" ({e2e['reason']})" if e2e.get("reason") else ""))
+    coverage = report.get("encodings_coverage")
+    if coverage:
+        rows.append(f"  encodings  {coverage['status']}" + (f" ({coverage['missing_count']} SHA tensors without the encoding of their MHA tensor)" if coverage["status"] != "pass" else ""))
+    unmet = [e["flag"] for e in report.get("expectations", []) if not e["found"]]
+    if unmet:
+        strict = report.get("strict_expectations")
+        rows.append(f"  flags      {'fail' if strict else 'warn'} ({', '.join(unmet)} given, but the model has no {', no '.join(e['expects'] for e in report['expectations'] if not e['found'])}"
+                    + ("; --strict" if strict else "") + ")")
+    if report.get("failure"):
+        rows.append(f"  failed during {report['failure']['stage']}: {report['failure']['message']}")
     return "verification:\n" + "\n".join(rows) + f"\n  overall: {report.get('status', '?').upper()}"

@@ -29,7 +29,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from verify.compare import Comparison, compare, float32_tolerance, float64_rtol, scale_of
-from verify.extract import extract
+from verify.extract import extract, minimal_inputs
 from verify.feeds import DimAssigner, random_feeds
 
 log = logging.getLogger("mha2sha.verify")
@@ -152,8 +152,9 @@ def verify_block(original: ir.Model, converted: ir.Model, spec: BlockSpec, *, se
     result = BlockResult(spec)
     started = time.perf_counter()
     try:
-        mha = extract(original, spec.mha_inputs, spec.mha_outputs)
-        sha = extract(converted, spec.inputs, spec.outputs)
+        mha_inputs, sha_inputs = minimal_inputs(original, converted, spec.mha_inputs, spec.inputs)
+        mha = extract(original, mha_inputs, spec.mha_outputs)
+        sha = extract(converted, sha_inputs, spec.outputs)
         feeds, result.feeds_from = _block_feeds(mha, captured, seed, dims)
         sha_feeds = spec.sha_feeds(feeds)
         truth = _float_outputs(refimpl.run(mha, feeds, dtype=np.float64))

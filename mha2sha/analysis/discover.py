@@ -308,6 +308,9 @@ def _head_space(walker: _Walker, anchor: ir.Node, matrix_roots: frozenset[int] =
         if stops:
             node, reason = stops[0]
             raise BlockError(f"the query path does not reach a projection: {reason}", node)
+        if walker.stops:  # stopped before the query path could be told apart (on the scores)
+            _, node, reason = walker.stops[0]
+            raise BlockError(f"the walk from the softmax stopped: {reason}", node)
         raise BlockError("the query path does not reach a projection", anchor)
     return HeadSpace(tuple(digits), matrix_roots=matrix_roots)
 

@@ -158,3 +158,30 @@ def test_create_input_lists_feed_the_sha_model_and_hold_the_mha_goldens(tmp_path
         golden = np.fromfile(out / "goldens" / "0" / f"{name}.raw", dtype=np.float32)
         assert golden.size == got[name].size, name
         assert close(got[name].ravel(), golden, rtol=1e-5, atol=1e-5), name
+
+
+def test_all_stages_mapping_traces_every_encoding_to_the_final_model(tmp_path, capsys):
+    from fuzz import make_encodings
+    from mha2sha.encodings import read_encodings
+
+    cfg = AttentionConfig(heads=4, kv_heads=2, lora_rank=2, lora_adaptors=1, lora_alpha_input=False, mlp=False)
+    built = build(cfg, seed=7)
+    model_path = _save(tmp_path, built)
+    make_encodings(built, version="1.0.0", seed=0).write(tmp_path / "m.encodings")
+    out = tmp_path / "out"
+    code = mha2sha_main(["convert", str(model_path), "-e", str(tmp_path / "m.encodings"), "-o", str(out),
+                         "--lora-alpha-from-input", "--replace-linear-with-conv"])
+    assert code == 0, capsys.readouterr().err
+    merged = json.loads((out / "all_stages_encodings_mapping.json").read_text())
+    original = read_encodings(tmp_path / "m.encodings")
+    final = read_encodings(next(out.glob("*_sha.encodings")))
+    sha = _sha(out)
+    names = {i.name for i in sha.graph.input} | {t.name for t in sha.graph.initializer} | {o for n in sha.graph.node for o in n.output}
+    alpha_inputs = set(json.loads((out / "verification_report.json").read_text())["prepared"]["lora_alpha_inputs"])
+    for name in original.tensors:
+        targets = merged.get(name)
+        assert targets, f"{name} is not traced"
+        assert set(targets) <= names, (name, targets)
+        assert any(t in final.tensors for t in targets), (name, targets)
+    # The alpha constant's encoding ends on the lifted graph input.
+    assert any(set(v) & alpha_inputs for v in merged.values())

@@ -258,10 +258,19 @@ class CaseResult:
 
 
 def convert_in_memory(model_path: Path, flags: dict):
-    """split_model (and linear->conv when asked) as mha2sha.api.convert runs them."""
+    """split_model (and linear->conv when asked) as mha2sha.api.convert runs them, after the
+    LoRA alpha lift when the flags ask for it. Returns (model, split, feeds for new inputs)."""
     from mha2sha.pipeline import _all_names, split_model
 
     model = ir.serde.deserialize_model(onnx.load(model_path))  # external data read in: tiny models
+    extra_feeds: dict = {}
+    from mha2sha.compat import PRESETS
+
+    preset_flags = PRESETS.get(flags.get("base_llm") or "", set())
+    if flags.get("lora_alpha_from_input", "lora_alpha_from_input" in preset_flags):
+        from mha2sha.prequant import adapt
+
+        extra_feeds = dict(adapt(model, lora_alpha_from_input=True).alpha_inputs)
     result = split_model(model, heads_per_block=flags.get("build_ar") or 1, per_head_cache_io=True)
     if flags.get("replace_linear_with_conv") and result.converted:
         from mha2sha.passes.cleanup import cleanup
@@ -269,7 +278,7 @@ def convert_in_memory(model_path: Path, flags: dict):
 
         linear_to_conv(model, _all_names(model.graph))
         cleanup(model)
-    return ir.serde.serialize_model(model), result
+    return ir.serde.serialize_model(model), result, extra_feeds
 
 
 def run_case(preset: Preset, case: str, workdir: Path | None = None) -> CaseResult:
@@ -284,7 +293,7 @@ def run_case(preset: Preset, case: str, workdir: Path | None = None) -> CaseResu
     mat = materialize(preset, case, workdir)
 
     # (1) every block converts
-    converted, split = convert_in_memory(mat.model_path, flags)
+    converted, split, alpha_feeds = convert_in_memory(mat.model_path, flags)
     if not split.blocks:
         raise CaseFailure(f"{preset.name}/{case}: no attention block found")
     skipped = [f"{b.name} {b.anchor}: {b.reason}" + (f" (stopped at {b.stopped_at})" if b.stopped_at else "") for b in split.skipped]
@@ -297,7 +306,7 @@ def run_case(preset: Preset, case: str, workdir: Path | None = None) -> CaseResu
         raise CaseFailure(f"{preset.name}/{case}: {cores} attention cores, expected one per head group")
 
     # (2) the converted model computes what the oracle says
-    got = merge_outputs(_run_ort(converted, sha_feeds(mat.feeds, split)), split)
+    got = merge_outputs(_run_ort(converted, sha_feeds({**mat.feeds, **alpha_feeds}, split)), split)
     worst = 0.0
     for name, expected in mat.expected.items():
         err = float(np.abs(got[name].astype(np.float64) - expected).max()) / max(1.0, float(np.abs(expected).max()))
