@@ -253,6 +253,9 @@ def verify_end_to_end(original_path: Path, converted_path: Path, feeds: dict[str
     started = time.perf_counter()
     try:
         mha = _run_ort(original_path, feeds)
+    except Exception as exc:  # noqa: BLE001 - the input itself does not run: nothing to compare with
+        return {"status": "skipped", "reason": f"onnxruntime cannot run the original model: {type(exc).__name__}: {exc}"}
+    try:
         sha_feeds = dict(feeds)
         for spec in specs:
             sha_feeds = spec.sha_feeds(sha_feeds)

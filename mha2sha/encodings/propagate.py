@@ -107,6 +107,35 @@ def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, s
                 rank = len(after[new_name].const_value.shape)
                 out.tensors[new_name] = work.move_channel_axis(new_name, new_axis, rank=rank)
                 summary["relaid_out"].append(new_name)
+    # Head merges: a Concat of per-head pieces that all carry one encoding gets it too, unless
+    # it has its own. Quantizing values already on that grid changes nothing (numerically the
+    # MHA chain), and AIMET ties a Concat's input quantizers to its output's: without it,
+    # loading these encodings into aimet-onnx would switch the per-head quantizers off.
+    all_pieces = {p for new in pieces.values() for p in new}
+    summary["merges"] = []
+    for node in converted.graph:
+        if node.op_type != "Concat" or not node.outputs or node.outputs[0].name in out.tensors:
+            continue
+        names = [v.name for v in node.inputs if v is not None]
+        if len(names) < 2 or not all(n in all_pieces and n in out.tensors for n in names):
+            continue
+        first = out.tensors[names[0]]
+        if all(_same_quantization(first, out.tensors[n]) for n in names[1:]):
+            out.tensors[node.outputs[0].name] = copy.deepcopy(first)
+            summary["merges"].append((names[0], node.outputs[0].name))
     counts = {k: len(v) for k, v in summary.items()}
     report = {"counts": counts, **{k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in summary.items() if k in ("dropped", "absent_from_model")}}
     return out, report
+
+
+def _same_quantization(a, b) -> bool:
+    """Whether two entries quantize identically (per-tensor activations of one MHA tensor)."""
+    import numpy as np
+
+    if (a.kind, a.bitwidth, a.dtype, getattr(a, "symmetric", None)) != (b.kind, b.bitwidth, b.dtype, getattr(b, "symmetric", None)):
+        return False
+    for field in ("scale", "offset", "min", "max"):
+        x, y = getattr(a, field, None), getattr(b, field, None)
+        if (x is None) != (y is None) or (x is not None and not np.array_equal(np.asarray(x), np.asarray(y))):
+            return False
+    return True

@@ -10,10 +10,12 @@ their offsets in it: only the new tensors are written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
 INLINE_BYTES = 1024  # tensors up to this size stay inside the .onnx file
@@ -82,8 +84,14 @@ def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, lin
     out_dir = model_path.parent
     stats = {"copied_bytes": 0, "written_bytes": 0, "linked_bytes": 0, "linked": False}
     originals: dict[str, object] = {}
+    # Tensors stored inside the .onnx file must hold their values, not a reference to the
+    # input's data file (small constants of an external-data input, or everything when the
+    # output has no data file).
+    inline = [v for v in graph.initializers.values()
+              if isinstance(v.const_value, ir.ExternalTensor) and (data_name is None or v.const_value.nbytes <= INLINE_BYTES)]
     if data_name is None:
-        _serialize(model, model_path)
+        with _inlined(inline):
+            _serialize(model, model_path)
         return stats
     external = [v for v in graph.initializers.values() if v.const_value is not None and v.const_value.nbytes > INLINE_BYTES]
     link_target: Path | None = None
@@ -132,11 +140,27 @@ def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, lin
         # Linked last: new tensors were read from the source before it gained a second name.
         stats["linked"] = _clone_or_link(linked_source, link_target)
     try:
-        _serialize(model, model_path)
+        with _inlined(inline):
+            _serialize(model, model_path)
     finally:
         for value in external:
             value.const_value = originals.get(value.name, value.const_value)
     return stats
+
+
+@contextlib.contextmanager
+def _inlined(values: list[ir.Value]):
+    """Within the block, ``values`` hold in-memory copies of their external tensors."""
+    saved = [(v, v.const_value) for v in values]
+    try:
+        for v, tensor in saved:
+            array = np.array(tensor.numpy(), copy=True)
+            tensor.release()
+            v.const_value = ir.Tensor(array, name=v.name)
+        yield
+    finally:
+        for v, tensor in saved:
+            v.const_value = tensor
 
 
 def _clone_or_link(source: Path, target: Path) -> str:

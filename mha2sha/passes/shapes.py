@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -23,9 +24,18 @@ _KEEP_VALUE_BYTES = 4096  # small constants (shape targets, axes) keep their val
 def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
     graph = model.graph
     moved: list[tuple[ir.Value, object]] = []
+    inlined: list[tuple[ir.Value, object]] = []
     n_inputs = len(graph.inputs)
     for init in list(graph.initializers.values()):
         tensor = init.const_value
+        if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= _KEEP_VALUE_BYTES:
+            # A small constant in the data file (a shape target, a scalar): its value is needed,
+            # and the serialised model is read without the model's folder.
+            array = np.array(tensor.numpy(), copy=True)
+            tensor.release()
+            inlined.append((init, tensor))
+            init.const_value = ir.Tensor(array, name=init.name)
+            continue
         if tensor is None or tensor.nbytes > _KEEP_VALUE_BYTES:
             if init.shape is None and tensor is not None:
                 init.shape = tensor.shape
@@ -45,6 +55,8 @@ def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
         for init, tensor in moved:
             init.const_value = tensor
             graph.initializers.add(init) if tensor is None else graph.register_initializer(init)
+        for init, tensor in inlined:
+            init.const_value = tensor
 
 
 def _symbolic_shape_inference():

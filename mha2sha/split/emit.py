@@ -837,7 +837,9 @@ def _take(array: np.ndarray, indices: list[int], axis: int) -> np.ndarray:
     if indices == list(range(indices[0], indices[0] + len(indices))):
         index = [slice(None)] * array.ndim
         index[axis] = slice(indices[0], indices[0] + len(indices))
-        return np.ascontiguousarray(array[tuple(index)])
+        # Always a copy: a contiguous slice would otherwise be a view of the memory map,
+        # which could then not be released (and would keep the pages resident).
+        return np.array(array[tuple(index)], order="C", copy=True)
     return np.ascontiguousarray(np.take(array, indices, axis=axis))
 
 
