@@ -63,6 +63,7 @@ class ConvertOptions:
     ar_context: int | None = None  # ... with this context length (default: unchanged)
     lora_alpha_from_input: bool = False  # lift every LoRA alpha to a graph input first
     lora_adaptors: str | Path | None = None  # YAML list of LoRA adaptors to convert with the model
+    optimize_o_proj: bool = False  # per-head layout into a Conv o_proj instead of the merged chain
     expectations: object | None = None  # mha2sha.compat.ReferenceFlags whose expectations are checked
     prepared: dict | None = None  # set internally: what mha2sha.prepare changed (for the report)
 
@@ -183,6 +184,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     try:
         t0 = time.perf_counter()
         model = loaded.model
+        original_names = set(_all_names(model.graph)) if opts.optimize_o_proj else set()
         requantized = _requantized(encodings) if encodings is not None else None
         with progress.stage("finding and splitting attention blocks") as p:
             split = split_model(model, heads_per_block=opts.heads_per_block, per_head_cache_io=opts.per_head_cache_io,
@@ -202,6 +204,9 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
             stage = "linear to conv"
             conv_record = linear_to_conv(model, _all_names(model.graph))
             cleanup(model)
+        if opts.optimize_o_proj:
+            stage = "optimize o_proj"
+            report["optimize_o_proj"] = _optimize_o_proj(model, split, encodings, original_names)
         kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
         name = safe_output_name(opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache))
         staged = StagedOutput(out_dir, inputs)
@@ -302,6 +307,37 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         if report["status"] != "pass":
             (out_dir / "VERIFICATION_FAILED").write_text("The verification report lists the failing checks: verification_report.md\n")
     return result
+
+
+def _optimize_o_proj(model: ir.Model, split: SplitResult, encodings, original_names: set[str]) -> dict:
+    """--optimize-o-proj on every converted block. A block's output moves to the Conv input
+    (or, when linear->conv created that tensor, to the first tensor after it that the
+    original model has too), so that verification compares the same tensor in both."""
+    from mha2sha.passes.o_proj import optimize_o_proj
+
+    values = {o.name: o for node in model.graph for o in node.outputs}
+    merges, owner = [], {}
+    for record in split.records:
+        for name in record.outputs:
+            producer = values[name].producer() if name in values else None
+            if producer is not None and producer.op_type == "Concat":
+                merges.append(producer)
+                owner[name] = record
+    result = optimize_o_proj(model, merges, encoded=set(encodings.tensors) if encodings is not None else set())
+    values = {o.name: o for node in model.graph for o in node.outputs}
+    for merged, conv_input in result.rewritten:
+        record = owner[merged]
+        value = values[conv_input]
+        while value.name not in original_names:
+            uses = list(value.uses())
+            if len(uses) != 1 or not uses[0].node.outputs:
+                raise RuntimeError(f"--optimize-o-proj: no tensor of the original model after {conv_input!r} to verify the block at")
+            value = uses[0].node.outputs[0]
+        record.outputs = [value.name if n == merged else n for n in record.outputs]
+    for merged, why in result.kept:
+        log.info("--optimize-o-proj: %s kept: %s", merged, why)
+    cleanup(model)
+    return {"rewritten": [m for m, _ in result.rewritten], "kept": [list(k) for k in result.kept]}
 
 
 def _read_encodings(path):

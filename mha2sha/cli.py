@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ar-context", type=int, metavar="C", help="with --ar-tokens: the context length (default: the model's past + new)")
     p.add_argument("--lora-alpha-from-input", action="store_true", help="first make every LoRA alpha a graph input (one per adaptor slot; the report lists the values that reproduce the model)")
     p.add_argument("--lora-adaptors", metavar="YAML", help="YAML list of LoRA adaptors (name, weights .safetensors, optional encodings) to convert onto the SHA names")
+    p.add_argument("--optimize-o-proj", action="store_true", help="lay each head out for a Conv o_proj and concatenate on its channel axis, instead of transposing the merged heads (where exact; the report lists blocks kept and why)")
     p.add_argument("--link-weights", action="store_true", help="hard-link the input's data file into OUTDIR and reference unchanged weights in it (no copy; same file system only)")
     _common(p)
 
@@ -137,6 +138,7 @@ def _cmd_convert(args) -> int:
         ar_context=args.ar_context,
         lora_alpha_from_input=args.lora_alpha_from_input,
         lora_adaptors=args.lora_adaptors,
+        optimize_o_proj=args.optimize_o_proj,
     )
     if args.ar_context is not None and args.ar_tokens is None:
         raise UsageError(None, "--ar-context needs --ar-tokens")

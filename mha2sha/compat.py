@@ -180,8 +180,6 @@ def run_reference_flags(flags: ReferenceFlags):
         log.warning(warning)
     if flags.disable_auto_attn_finder:
         log.warning("--disable-auto-attn-finder has no effect: attention is always found by structure")
-    if flags.optimize_o_proj and not flags.mha_conv:
-        log.info("--optimize-o-proj applies to Conv output projections")
     if flags.skip_mha2sha:
         return _prequant_only(flags)
     opts = ConvertOptions(
@@ -196,6 +194,7 @@ def run_reference_flags(flags: ReferenceFlags):
         ar_tokens=flags.ar_tokens,
         lora_alpha_from_input=flags.lora_alpha_from_input,
         lora_adaptors=flags.lora_adaptor_list_path,
+        optimize_o_proj=flags.optimize_o_proj,
     )
     return convert(flags.exported_model_path, flags.sha_export_path, opts)
 

@@ -35,7 +35,7 @@ _BOOLEAN_FLAGS = {
     "disable_auto_attn_finder": "accepted for compatibility; attention is always found by structure",
     "no_verification": "skip the end-to-end run (per-block checks always run)",
     "create_input_lists": "write input_list.txt, raw inputs and goldens of the MHA model",
-    "optimize_o_proj": "drop the layout chain between the head Concat and a Conv o_proj",
+    "optimize_o_proj": "lay each head out for a Conv o_proj and concatenate on its channel axis (NCHW-aligned models need nothing: their heads are concatenated on the channel axis already)",
     "skip_mha2sha": "run only the pre-quantization adaptation",
 }
 

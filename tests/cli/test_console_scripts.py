@@ -90,6 +90,7 @@ def test_reference_command_line_with_each_preset(bundled, tmp_path, example):
     ["--build-ar", "2"],
     ["--no-verification"],
     ["--create-input-lists", "--replace-linear-with-conv"],
+    ["--replace-linear-with-conv", "--optimize-o-proj"],
 ], ids=lambda f: " ".join(f))
 def test_reference_command_line_flag_combinations(bundled, tmp_path, flags):
     model, encodings = _example(bundled, "llama3-tiny", tmp_path)
@@ -110,6 +111,8 @@ def test_reference_command_line_flag_combinations(bundled, tmp_path, flags):
         assert "Conv" in ops and not any(n.op_type in ("MatMul", "Gemm") and any(i in {t.name for t in sha.graph.initializer} for i in n.input) for n in sha.graph.node)
     if "--no-verification" in flags:
         assert report["end_to_end"]["status"] == "skipped" and all(b["status"] == "pass" for b in report["blocks"])
+    if "--optimize-o-proj" in flags:
+        assert len(report["optimize_o_proj"]["rewritten"]) == 2
     if "--create-input-lists" in flags:
         assert (out / "input_list.txt").is_file() and list((out / "goldens" / "0").glob("*.raw"))
 
