@@ -56,6 +56,7 @@ class ConvertOptions:
     progress: bool = False
     heads_per_block: int = 1
     per_head_cache_io: bool = True
+    head_major_cache_io: bool = False  # per-head caches at the boundary as one [heads, ...] tensor each
     link_weights: bool = False
     allow_hard_links: bool = False
     create_input_lists: bool = False
@@ -203,6 +204,11 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         if opts.replace_linear_with_conv:
             stage = "linear to conv"
             conv_record = linear_to_conv(model, _all_names(model.graph))
+            cleanup(model)
+        if opts.head_major_cache_io and opts.per_head_cache_io:
+            from mha2sha.passes.head_major_io import head_major_cache_io
+
+            report["head_major_cache_io"] = head_major_cache_io(model, split.records)
             cleanup(model)
         if opts.optimize_o_proj:
             stage = "optimize o_proj"

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-no-attention", action="store_true", help="write the model unchanged when no attention block is found")
     p.add_argument("--seed", type=int, default=42, help="seed of the random verification inputs (default: 42)")
     p.add_argument("--build-ar", type=int, default=1, metavar="M", help="heads per attention block after the split (AR-M; default 1 = single-head)")
-    p.add_argument("--kv-cache-io", choices=["per-head", "original"], default="per-head", help="KV-cache graph inputs/outputs: one per kv head named <name>_h<g> without the head axis (default), or the original tensors sliced inside the graph")
+    p.add_argument("--kv-cache-io", choices=["per-head", "head-major", "original"], default="per-head", help="KV-cache graph inputs/outputs: one per kv head named <name>_h<g> without the head axis (default); head-major: one per cache under the original name laid out [kv heads, ...] (the reference's [H, 1, P, D] at batch 1); original: the original tensors, sliced inside the graph")
     p.add_argument("--create-input-lists", action="store_true", help="write input_list.txt, raw float32 inputs and goldens of the MHA model")
     p.add_argument("--ar-tokens", type=int, metavar="T", help="first rebuild a static cached decoder for T new tokens per step (past = context - T); the SHA model is verified against the rebuilt one, written to OUTDIR/prepared/")
     p.add_argument("--ar-context", type=int, metavar="C", help="with --ar-tokens: the context length (default: the model's past + new)")
@@ -130,7 +130,8 @@ def _cmd_convert(args) -> int:
         seed=args.seed,
         progress=sys.stderr.isatty(),
         heads_per_block=args.build_ar,
-        per_head_cache_io=args.kv_cache_io == "per-head",
+        per_head_cache_io=args.kv_cache_io in ("per-head", "head-major"),
+        head_major_cache_io=args.kv_cache_io == "head-major",
         create_input_lists=args.create_input_lists,
         link_weights=args.link_weights,
         allow_hard_links=args.allow_hard_links,

@@ -53,7 +53,7 @@ def write_input_lists(out_dir: Path, original_path: Path, converted_path: Path, 
             _, feeds = consistent_graph_feeds(original_path, seed=seed + k, weight_bytes=weight_bytes)
             sha_feeds = dict(feeds)
             for spec in specs:
-                sha_feeds = spec.sha_feeds(sha_feeds)
+                sha_feeds = spec.graph_feeds(sha_feeds)
             (tmp / "inputs" / str(k)).mkdir(parents=True)
             entries, device_entries = [], []
             for name in sha_inputs:
@@ -94,6 +94,9 @@ def _split_outputs(spec, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     out = {}
     for orig, split in spec.io_splits.items():
         if split.kind == "output" and orig in values:
+            if split.graph_layout == "head_major":
+                out[orig] = np.stack([np.take(values[orig], index, axis=split.axis) for index in sorted(split.indices)], axis=0)
+                continue
             for name, index in zip(split.names, split.indices):
                 out[name] = np.take(values[orig], index, axis=split.axis)
     return out

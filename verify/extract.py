@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from mha2sha.graph.ir_utils import is_const
+
 
 class ExtractError(ValueError):
     pass
@@ -46,7 +48,7 @@ def minimal_inputs(original: ir.Model, converted: ir.Model, mha_inputs: list[str
         if node is None:
             return False
         sources = [i for i in node.inputs if i is not None]
-        return (bool(sources) and all(i.name in stop or i.const_value is not None for i in sources)
+        return (bool(sources) and all(i.name in stop or is_const(i) for i in sources)
                 and any(i.name in stop for i in sources))
 
     changed = True

@@ -83,6 +83,23 @@ class BlockSpec:
                     out[name] = np.take(feeds[orig], index, axis=split.axis)
         return out
 
+    def graph_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``sha_feeds`` plus the head-major graph inputs (one tensor per cache, heads first)."""
+        out = self.sha_feeds(feeds)
+        for orig, split in self.io_splits.items():
+            if split.kind == "input" and split.graph_layout == "head_major" and orig in feeds:
+                order = sorted(zip(split.indices, split.names))
+                out[orig] = np.stack([np.take(feeds[orig], index, axis=split.axis) for index, _ in order], axis=0)
+        return out
+
+    def graph_outputs(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The SHA model's graph outputs in the MHA model's layout (head-major ones moved back)."""
+        out = dict(values)
+        for orig, split in self.io_splits.items():
+            if split.kind == "output" and split.graph_layout == "head_major" and orig in values:
+                out[orig] = np.moveaxis(values[orig], 0, split.axis)  # heads in index order, first
+        return self.merge_outputs(out)
+
     def merge_outputs(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(values)
         for orig, split in self.io_splits.items():
@@ -258,10 +275,10 @@ def verify_end_to_end(original_path: Path, converted_path: Path, feeds: dict[str
     try:
         sha_feeds = dict(feeds)
         for spec in specs:
-            sha_feeds = spec.sha_feeds(sha_feeds)
+            sha_feeds = spec.graph_feeds(sha_feeds)
         sha = _run_ort(converted_path, sha_feeds)
         for spec in specs:
-            sha = spec.merge_outputs(sha)
+            sha = spec.graph_outputs(sha)
     except Exception as exc:  # noqa: BLE001
         return {"status": "fail", "reason": f"{type(exc).__name__}: {exc}", "checks": []}
     checks: list[Comparison] = []

@@ -61,6 +61,11 @@ class IOSplit:
 
     Head piece ``names[i]`` is ``np.take(original, indices[i], axis=axis)`` (the axis
     removed), so the original is ``np.stack(pieces, axis=axis)`` in this order.
+
+    ``graph_layout`` says how the pieces appear at the graph's boundary: "pieces" (each piece
+    is a graph input/output of its own) or "head_major" (one graph input/output named
+    ``original`` holds ``np.stack(pieces in head order, axis=0)``; the pieces are tensors
+    inside the graph: mha2sha.passes.head_major_io).
     """
 
     original: str
@@ -68,6 +73,7 @@ class IOSplit:
     axis: int
     names: list[str]
     indices: list[int]
+    graph_layout: str = "pieces"
 
 
 @dataclass

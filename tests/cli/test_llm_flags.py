@@ -185,3 +185,47 @@ def test_all_stages_mapping_traces_every_encoding_to_the_final_model(tmp_path, c
         assert any(t in final.tensors for t in targets), (name, targets)
     # The alpha constant's encoding ends on the lifted graph input.
     assert any(set(v) & alpha_inputs for v in merged.values())
+
+
+@pytest.mark.parametrize("past_kv", ["full", "new_only", "full_transposed_key"])
+def test_head_major_cache_io(tmp_path, capsys, past_kv):
+    cfg = AttentionConfig(dynamic=False, heads=4, kv_heads=2, past=3, past_kv=past_kv, rope="rotate_half", mlp=False, layers=2)
+    built = build(cfg, seed=8)
+    model_path = _save(tmp_path, built)
+    out = tmp_path / "out"
+    code = mha2sha_main(["convert", str(model_path), "-o", str(out), "--kv-cache-io", "head-major", "--create-input-lists"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "verification_report.json").read_text())
+    assert report["status"] == "pass" and report["end_to_end"]["status"] == "pass"
+    sha = _sha(out)
+
+    def shapes(values):
+        return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+    mha_in, sha_in = shapes(built.model.graph.input), shapes(sha.graph.input)
+    mha_out, sha_out = shapes(built.model.graph.output), shapes(sha.graph.output)
+    assert set(sha_in) == set(mha_in) and set(sha_out) == set(mha_out)  # the original names
+    head_major = [n for n in report["head_major_cache_io"]]
+    assert head_major and all(n in mha_in or n in mha_out for n in head_major)
+
+    def head_axis(mha_shape, sha_shape):
+        # The head axis moved to the front: the one position where moving it back gives the MHA shape.
+        return next(a for a in range(1, len(mha_shape)) if [mha_shape[a]] + mha_shape[:a] + mha_shape[a + 1:] == sha_shape)
+
+    feeds = built.make_feeds(4)
+    sha_feeds = dict(feeds)
+    for name in head_major:
+        if name in mha_in:
+            sha_feeds[name] = np.moveaxis(feeds[name], head_axis(mha_in[name], sha_in[name]), 0)
+    got = run_ort(sha, sha_feeds)
+    for name in head_major:
+        if name in mha_out:
+            got[name] = np.moveaxis(got[name], 0, head_axis(mha_out[name], sha_out[name]))
+    truth = built.reference(feeds)
+    for name in built.output_names:
+        assert close(got[name], truth[name], rtol=1e-4, atol=1e-4), name
+    # The input list holds the head-major layout.
+    entries = dict(e.split(":=") for e in (out / "input_list.txt").read_text().split())
+    for name in head_major:
+        if name in mha_in:
+            assert np.fromfile(entries[name], dtype=np.float32).size == int(np.prod(sha_in[name]))

@@ -1,0 +1,98 @@
+"""``--kv-cache-io head-major``: one cache tensor per layer, heads first.
+
+The split gives every kv head its own cache input and output (``past_key_0_h1``, the head
+axis removed). Some runtimes (the reference tool's convention) want one tensor per cache
+instead, laid out ``[heads, ...]`` so that a head is a contiguous block: ``[H, B, P, D]`` for
+a ``[B, H, P, D]`` cache. This pass puts such a tensor, under the original name, at the
+graph's boundary: a head-major input is read per head with ``Gather(axis=0)``, and per-head
+present outputs are stacked with ``Unsqueeze -> Concat(axis=0)``. The per-head tensors keep
+their names inside the graph (their encodings and the block boundaries still apply).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from mha2sha.split.emit import IOSplit, SplitRecord
+
+
+def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    v = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    v.shape = ir.Shape(list(array.shape))
+    v.dtype = v.const_value.dtype
+    graph.register_initializer(v)
+    return v
+
+
+def head_major_cache_io(model: ir.Model, records: list[SplitRecord]) -> list[str]:
+    """Rewrite every per-head cache input/output of ``records`` into one head-major tensor
+    named as the original (in place). Returns the names rewritten."""
+    graph = model.graph
+    taken = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | {o.name for n in graph for o in n.outputs}
+    first = next(iter(graph), None)
+    done: list[str] = []
+    for record in records:
+        for orig, split in list(record.io_splits.items()):
+            if split.graph_layout != "pieces" or orig in taken:
+                continue  # the original tensor is still in use: keep the per-head form
+            order = [name for _, name in sorted(zip(split.indices, split.names))]
+            if split.kind == "input":
+                _inputs(graph, orig, order, first)
+            else:
+                _outputs(graph, orig, order)
+            record.io_splits[orig] = IOSplit(split.original, split.kind, split.axis, list(split.names), list(split.indices), "head_major")
+            taken.add(orig)
+            done.append(orig)
+    return done
+
+
+def _inputs(graph: ir.Graph, orig: str, order: list[str], first: ir.Node | None) -> None:
+    by_name = {v.name: v for v in graph.inputs}
+    pieces = [by_name[n] for n in order]
+    stacked = ir.Value(name=orig)
+    stacked.dtype = pieces[0].dtype
+    if pieces[0].shape is not None:
+        stacked.shape = ir.Shape([len(pieces), *pieces[0].shape])
+    position = list(graph.inputs).index(pieces[0])
+    kept = [v for v in graph.inputs if v not in pieces]
+    kept.insert(min(position, len(kept)), stacked)
+    graph.inputs.clear()
+    graph.inputs.extend(kept)
+    for j, piece in enumerate(pieces):
+        index = _const(graph, f"{orig}.head_index_{j}", np.array(j, dtype=np.int64))
+        out = ir.Value(name=None, shape=piece.shape)
+        out.dtype = piece.dtype
+        node = ir.Node("", "Gather", [stacked, index], attributes=[ir.AttrInt64("axis", 0)], outputs=[out], name=f"{orig}.gather_h{j}")
+        if first is not None:
+            graph.insert_before(first, node)
+        else:
+            graph.append(node)
+        name = piece.name
+        ir.convenience.replace_all_uses_with(piece, out)
+        piece.name = f"{name}.unused"
+        out.name = name
+
+
+def _outputs(graph: ir.Graph, orig: str, order: list[str]) -> None:
+    by_name = {v.name: v for v in graph.outputs}
+    pieces = [by_name[n] for n in order]
+    axes = _const(graph, f"{orig}.head_axis", np.array([0], dtype=np.int64))
+    lifted = []
+    for j, piece in enumerate(pieces):
+        out = ir.Value(name=f"{orig}.h{j}.unsqueezed")
+        out.dtype = piece.dtype
+        if piece.shape is not None:
+            out.shape = ir.Shape([1, *piece.shape])
+        graph.append(ir.Node("", "Unsqueeze", [piece, axes], outputs=[out], name=f"{orig}.unsqueeze_h{j}"))
+        lifted.append(out)
+    stacked = ir.Value(name=orig)
+    stacked.dtype = pieces[0].dtype
+    if pieces[0].shape is not None:
+        stacked.shape = ir.Shape([len(pieces), *pieces[0].shape])
+    graph.append(ir.Node("", "Concat", lifted, attributes=[ir.AttrInt64("axis", 0)], outputs=[stacked], name=f"{orig}.stack_heads"))
+    position = list(graph.outputs).index(pieces[0])
+    kept = [v for v in graph.outputs if v not in pieces]
+    kept.insert(min(position, len(kept)), stacked)
+    graph.outputs.clear()
+    graph.outputs.extend(kept)
