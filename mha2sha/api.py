@@ -203,7 +203,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         conv_record = None
         if opts.replace_linear_with_conv:
             stage = "linear to conv"
-            conv_record = linear_to_conv(model, _all_names(model.graph))
+            conv_record = linear_to_conv(model, _all_names(model.graph), encoded=_encoded_names(encodings, split))
             cleanup(model)
         if opts.head_major_cache_io and opts.per_head_cache_io:
             from mha2sha.passes.head_major_io import head_major_cache_io
@@ -357,6 +357,18 @@ def _read_encodings(path):
         return read_encodings(path)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
+
+
+def _encoded_names(encodings, split: SplitResult) -> set[str]:
+    """Tensors of the SHA model that will carry an encoding: encoded MHA tensors and their pieces."""
+    if encodings is None:
+        return set()
+    names = set(encodings.tensors)
+    for record in split.records:
+        for original, pieces in record.activations.items():
+            if original in names:
+                names.update(pieces)
+    return names
 
 
 def _validate_encodings(encodings, model: ir.Model) -> list[str]:

@@ -170,12 +170,13 @@ def candidate_assignments(symbols: list[str], extra_values: list[int] | None = N
     # (a traced ALiBi or mask table [.., new, past + new] fixes all three), then each symbol
     # in turn, then pairs summing (past + new = total).
     values = extra_values or []
+    addends = [1, *values] if values else []  # a single new token: 1 + past = total
     for x in symbols:
         for y in symbols:
             for z in symbols:
                 if len({x, y, z}) == 3 and x < y:
-                    for vx in values:
-                        for vy in values:
+                    for vx in addends:
+                        for vy in addends:
                             if vx + vy in values:
                                 cand = dict(base)
                                 cand[x], cand[y], cand[z] = vx, vy, vx + vy

@@ -340,7 +340,7 @@ def _graph_proto(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=False)
 
 
-def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int) -> tuple[DimAssigner, dict]:
+def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int, check_names: list[str] | None = None) -> tuple[DimAssigner, dict]:
     """Random graph inputs whose symbolic dimensions the model accepts.
 
     Symbolic names carry no relations (``total`` may have to be ``past + seq``): when the
@@ -355,7 +355,7 @@ def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int)
     tries = 0
     for values in candidate_assignments(symbols, extra_values=static_dims(proto) if fits else None):
         tries += 1
-        if tries > 400:
+        if tries > (2000 if weight_bytes < 50_000_000 else 400):  # each try runs the model once
             break
         dims = DimAssigner(values=dict(values))
         feeds = random_feeds(proto, seed=seed, dims=dims)
@@ -365,9 +365,14 @@ def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int)
             break
         try:
             _run_ort(original_path, feeds)
-            return dims, feeds
         except Exception:  # noqa: BLE001 - try the next assignment
             continue
+        # Broadcasting can let a wrong assignment run (a [.., 2, 3] table against [.., 1, 3]
+        # scores); its intermediate tensors then disagree with the inferred shapes, which
+        # asking for them as outputs exposes.
+        if check_names and capture_block_inputs(original_path, check_names, feeds) is None:
+            continue
+        return dims, feeds
     return first
 
 
@@ -384,9 +389,9 @@ def verify_models(original_path: Path, converted_path: Path, specs: list[BlockSp
     infer_shapes(original)
     converted = load_model(converted_path, allow_hard_links=allow_hard_links).model
     infer_shapes(converted)
-    dims, graph_feeds = consistent_graph_feeds(original_path, seed=seed, weight_bytes=weight_bytes)
-    t0 = time.perf_counter()
     names = sorted({n for s in specs for n in s.mha_inputs})
+    dims, graph_feeds = consistent_graph_feeds(original_path, seed=seed, weight_bytes=weight_bytes, check_names=names)
+    t0 = time.perf_counter()
     captured = capture_block_inputs(original_path, names, graph_feeds) if weight_bytes <= _CAPTURE_LIMIT_BYTES else None
     timings["capture"] = time.perf_counter() - t0
     blocks = []

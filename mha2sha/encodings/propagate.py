@@ -85,7 +85,8 @@ def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, s
             place(ps.target)
             handled = True
         for piece in pieces.get(name, []):
-            if piece in after and piece not in out.tensors:
+            # A piece that is a tensor of the input model with its own entry keeps that entry.
+            if piece in after and piece not in out.tensors and piece not in encodings.tensors:
                 work.copy(name, piece)
                 place(piece)
                 summary["copied"].append((name, piece))

@@ -153,7 +153,9 @@ def _register(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return v
 
 
-def linear_to_conv(model: ir.Model, names: set[str]) -> ConvRecord:
+def linear_to_conv(model: ir.Model, names: set[str], *, encoded: set[str] | frozenset = frozenset()) -> ConvRecord:
+    """``encoded``: tensors with an AIMET encoding. A MatMul whose output is encoded keeps its
+    bias Add separate (fusing it would remove that quantization point)."""
     graph = model.graph
     b = _Builder(graph, names)
     record = ConvRecord()
@@ -170,7 +172,10 @@ def linear_to_conv(model: ir.Model, names: set[str]) -> ConvRecord:
         w_oi, w_value, old_axis = found
         out_channels = w_oi.shape[0]
         try:
-            bias, bias_value, add = _bias(node, out_channels)
+            if node.op_type == "MatMul" and node.outputs[0].name in encoded:
+                bias, bias_value, add = None, None, None
+            else:
+                bias, bias_value, add = _bias(node, out_channels)
         except _NotConvertible:
             continue
         final_out = add.outputs[0] if add is not None else node.outputs[0]

@@ -271,7 +271,10 @@ class BlockSplitter:
         producer = value.producer()
         if only_squeeze and producer is not None and producer.op_type == "Unsqueeze":
             added = _unsqueeze_axes(producer)
-            if added == removed_axes:
+            # Seen through unless the Unsqueeze output carries an encoding of its own (then
+            # the quantized tensor is kept and squeezed, so the quantizer chain stays).
+            distinct = self.requantized is not None and self.requantized(value.name, producer.inputs[0].name)
+            if added == removed_axes and not distinct:
                 self._set_piece(value, layout, head, producer.inputs[0], keep_rank)
                 return
         shape = list(value.shape) if value.shape is not None else None

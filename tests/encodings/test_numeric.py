@@ -18,7 +18,7 @@ from mha2sha.graph.io import load_model
 from refimpl.quant import quantize_dequantize
 
 
-@settings(max_examples=12)
+@settings(max_examples=max(12, settings().max_examples // 2))  # 12 in ci, more under the release profile
 @given(
     attention_configs(dtype="float32", shuffle=False, attention_op=False),
     st.sampled_from(["0.6.1", "1.0.0", "2.0.0"]).flatmap(lambda v: st.tuples(st.just(v), encoding_schemes(v))),
@@ -39,4 +39,11 @@ def test_read_encodings_quantize_like_the_producer(tmp_path_factory, cfg, versio
     for name, want in produced.quant.items():
         x = weights[name].astype(np.float64) if name in weights else rng.standard_normal((3, 5)) * 4
         x = x * 1.3 + rng.standard_normal(x.shape) * 0.1  # values off the grid, some out of range
-        np.testing.assert_array_equal(quantize_dequantize(x, read[name]), quantize_dequantize(x, want), err_msg=name)
+        got, expected = quantize_dequantize(x, read[name]), quantize_dequantize(x, want)
+        if want.bitwidth > 24:
+            # int32 biases: the producer keeps float32 scales, whose arithmetic cannot resolve a
+            # 32-bit grid; the reader keeps the file's float64 values. Within one step.
+            step = np.max(np.asarray(want.scale, dtype=np.float64))
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1.01 * step, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, expected, err_msg=name)
