@@ -73,7 +73,9 @@ def erf(x: np.ndarray) -> np.ndarray:
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
     xd = x.astype(np.float64)
     a = np.abs(xd)
-    out = _erf_taylor(np.where(a > _LIMIT, _LIMIT, a))
+    # An ndarray even for a 0-d input (arithmetic on 0-d arrays gives numpy scalars, whose
+    # .flat is a copy: the tail assignment below would be lost).
+    out = np.array(_erf_taylor(np.where(a > _LIMIT, _LIMIT, a)), dtype=np.float64)
     tail = np.flatnonzero(a > _LIMIT)  # usually few elements: index them, not mask the whole
     if tail.size:
         # Clamping at 27 avoids inf/inf in the fraction; erfc(27) underflows to 0 anyway.

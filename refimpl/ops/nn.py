@@ -147,7 +147,9 @@ def _reduce(fn):
         axes = axes_of(i, a)
         if not axes:
             if a.get("noop_with_empty_axes", 0):
-                return [x]
+                # No axis is reduced, but the elementwise part still applies (SumSquare
+                # squares, L1/L2 take magnitudes), as in onnx.reference and onnxruntime.
+                return [np.asarray(fn(x, axis=(), keepdims=True))]
             axes = range(x.ndim)
         return [np.asarray(fn(x, axis=tuple(ax % x.ndim for ax in axes), keepdims=bool(a.get("keepdims", 1))))]
 

@@ -351,6 +351,9 @@ def slice_cases(draw):
     if draw(st.booleans(), label="opset 9"):
         return OpCase([helper.make_node("Slice", ["x"], ["y"], starts=starts, ends=ends, axes=axes)], {"x": x}, ["y"], opset=9)
     steps = [draw(st.sampled_from([1, 2, 3, -1, -2])) for _ in axes]
+    # onnxruntime departs from the specification (and from onnx.reference) for an INT64_MAX end
+    # with a negative step: it takes elements where the spec clamps the end to dim - 1.
+    ends = [e if not (e == 2**63 - 1 and k < 0) else 2**31 for e, k in zip(ends, steps)]
     inits = {"starts": np.array(starts, np.int64), "ends": np.array(ends, np.int64)}
     inputs = ["x", "starts", "ends"]
     if draw(st.booleans()) or steps != [1] * len(axes) or axes != list(range(len(axes))):
@@ -547,7 +550,12 @@ def norm_cases(draw):
     if kind in ("GroupNormalization", "InstanceNormalization"):
         groups = draw(st.integers(1, 3))
         c = groups * draw(st.integers(1, 2)) if kind == "GroupNormalization" else draw(st.integers(1, 4))
-        shape = (draw(st.integers(1, 2)), c, *draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=4)))
+        spatial = draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=4))
+        if kind == "InstanceNormalization" and int(np.prod(spatial)) == 1:
+            # One element per instance: the exact result is the bias, but onnxruntime's variance
+            # (E[x^2] - E[x]^2 in float32) cancels to a small non-zero value; not an oracle here.
+            spatial = (2,)
+        shape = (draw(st.integers(1, 2)), c, *spatial)
         feeds = {"x": _f32(rng, shape, 2.0, 1.0), "scale": _f32(rng, (c,)), "bias": _f32(rng, (c,))}
         attrs = {"epsilon": eps}
         opset = 17

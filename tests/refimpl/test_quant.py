@@ -197,9 +197,17 @@ def test_float16_encoding_rounds_to_half_precision():
 
 
 def _off_ties(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Move values whose x/scale is within 1e-3 of a tie by a tenth of a step."""
-    frac = np.abs(x.astype(np.float64) / scale) % 1.0
-    return (x + np.where(np.abs(frac - 0.5) < 1e-3, 0.1 * scale, 0.0)).astype(x.dtype)
+    """Move values whose x/scale is within 1e-3 of a tie by a tenth of a step. onnxruntime
+    divides by the float32 scale: near a tie by either scale counts (at 16 bits x/scale is
+    large enough for the two to disagree)."""
+    near = np.zeros(x.shape, dtype=bool)
+    for s in (np.asarray(scale, np.float64), np.asarray(scale, np.float32).astype(np.float64)):
+        ratio = np.abs(x.astype(np.float64) / s)
+        # onnxruntime rounds x/scale + zero_point in float32: a few ulps of numbers up to
+        # 2^16 at 16 bits (x/scale and the zero point both reach tens of thousands)
+        margin = np.maximum(1e-3, 8 * EPS32 * (ratio + 2**16))
+        near |= np.abs(ratio % 1.0 - 0.5) < margin
+    return (x + np.where(near, 0.1 * scale, 0.0)).astype(x.dtype)
 
 
 def _ort_qdq(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, *, axis: int = 1, block_size: int = 0) -> np.ndarray:

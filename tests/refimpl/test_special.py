@@ -34,3 +34,12 @@ def test_erf_special_values_and_dtypes():
 def test_erf_float32_is_the_float64_value_rounded_once(x):
     got = erf(np.array([x], np.float32))[0]
     assert got == np.float32(math.erf(float(np.float32(x))))
+
+
+def test_erf_of_a_zero_dimensional_array_in_the_tail():
+    """Found by the release profile: a 0-d input beyond 2.5 returned erf(2.5)."""
+    for value in (2.6, 5.602605, -7.0):
+        for dtype in (np.float32, np.float64):
+            got = erf(np.array(value, dtype=dtype))
+            assert got.shape == () and got.dtype == dtype
+            np.testing.assert_allclose(float(got), special.erf(value), rtol=0, atol=4e-7 if dtype == np.float32 else 4e-16)
