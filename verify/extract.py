@@ -6,11 +6,10 @@ the block's weights are read.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mha2sha.graph.ir_utils import is_const
+from mha2sha.graph.ir_utils import in_memory, is_const
 
 
 class ExtractError(ValueError):
@@ -97,7 +96,7 @@ def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.Mode
         stack.extend(i for i in node.inputs if i is not None)
     order = [n for n in graph if id(n) in needed_nodes]
     proto_nodes = [ir.serde.serialize_node(n) for n in order]
-    proto_inits = [ir.serde.serialize_tensor(_in_memory(v.const_value)) for v in needed_inits.values()]
+    proto_inits = [ir.serde.serialize_tensor(in_memory(v.const_value)) for v in needed_inits.values()]
     for t, v in zip(proto_inits, needed_inits.values()):
         t.name = v.name
     used = {name for n in proto_nodes for name in n.input}
@@ -115,16 +114,6 @@ def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.Mode
     out = onnx.helper.make_model(g, opset_imports=opsets)
     out.ir_version = model.ir_version
     return out
-
-
-def _in_memory(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
-    """External data is referenced relative to the model's folder, which an extracted block
-    (run from memory) does not have: a block's weights are read into it (one block at a time)."""
-    if isinstance(tensor, ir.ExternalTensor):
-        array = np.array(tensor.numpy(), copy=True)
-        tensor.release()  # unmap: pages read for one block must not stay resident for the next
-        return ir.Tensor(array, name=tensor.name)
-    return tensor
 
 
 def _value_info(v: ir.Value) -> onnx.ValueInfoProto:

@@ -117,3 +117,14 @@ def norm_axis(axis: int, rank_: int) -> int:
 def describe(node: ir.Node) -> str:
     """How a node is named in messages: op type and name (names are for people only)."""
     return f"{node.op_type}({node.name or '?'})"
+
+
+def in_memory(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+    """``tensor`` with its values in memory: an external (memory-mapped) tensor is copied and
+    unmapped at once (mapped pages count as resident memory, and a serialised copy must not
+    refer to a data file relative to a folder it will not be read from). Others as they are."""
+    if not isinstance(tensor, ir.ExternalTensor):
+        return tensor
+    array = np.array(tensor.numpy(), copy=True)
+    tensor.release()
+    return ir.Tensor(array, name=tensor.name)

@@ -15,8 +15,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx_ir as ir
+
+from mha2sha.graph.ir_utils import in_memory
 
 INLINE_BYTES = 1024  # tensors up to this size stay inside the .onnx file
 _COPY_CHUNK = 1 << 30
@@ -154,9 +155,7 @@ def _inlined(values: list[ir.Value]):
     saved = [(v, v.const_value) for v in values]
     try:
         for v, tensor in saved:
-            array = np.array(tensor.numpy(), copy=True)
-            tensor.release()
-            v.const_value = ir.Tensor(array, name=v.name)
+            v.const_value = in_memory(tensor)
         yield
     finally:
         for v, tensor in saved:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx
 import onnx_ir as ir
+
+from mha2sha.graph.ir_utils import in_memory
 
 log = logging.getLogger("mha2sha")
 
@@ -31,10 +32,8 @@ def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
         if isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= _KEEP_VALUE_BYTES:
             # A small constant in the data file (a shape target, a scalar): its value is needed,
             # and the serialised model is read without the model's folder.
-            array = np.array(tensor.numpy(), copy=True)
-            tensor.release()
             inlined.append((init, tensor))
-            init.const_value = ir.Tensor(array, name=init.name)
+            init.const_value = in_memory(tensor)
             continue
         if tensor is None or tensor.nbytes > _KEEP_VALUE_BYTES:
             if init.shape is None and tensor is not None:

@@ -8,17 +8,10 @@ import copy
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnx import numpy_helper
 
 from mha2sha.pipeline import split_model
-
-
-def run_ort(model: onnx.ModelProto, feeds: dict) -> dict:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in sess.get_inputs()}
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+from tests.converter.conftest import merge_outputs, run_ort, sha_feeds  # noqa: F401 - shared helpers
 
 
 def substitute(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -32,25 +25,6 @@ def substitute(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.Mo
             out.graph.initializer[i].CopyFrom(new)
             found.add(init.name)
     assert found == set(values), set(values) - found
-    return out
-
-
-def sha_feeds(feeds: dict, split) -> dict:
-    out = dict(feeds)
-    for record in split.records:
-        for name, s in record.io_splits.items():
-            if s.kind == "input":
-                for piece, index in zip(s.names, s.indices):
-                    out[piece] = np.take(feeds[name], index, axis=s.axis)
-    return out
-
-
-def merge_outputs(values: dict, split) -> dict:
-    out = dict(values)
-    for record in split.records:
-        for name, s in record.io_splits.items():
-            if s.kind == "output":
-                out[name] = np.stack([values[n] for n in s.names], axis=s.axis)
     return out
 
 
