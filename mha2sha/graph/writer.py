@@ -1,79 +1,204 @@
-"""Stream a model's weights to disk at copy speed.
+"""Write a model and its weights at disk speed, in memory that does not grow with the model.
 
-Weights the conversion did not change still live in the input's data file; they are copied
-file-to-file by the kernel (``os.copy_file_range``), consecutive ones in one call, never
-through Python or numpy. New tensors (per-head slices) are computed one at a time and
-written as they come, so memory does not grow with the model. With ``link_weights`` the
-input data file is hard-linked into the output folder instead and unchanged weights keep
-their offsets in it: only the new tensors are written.
+The data file is planned first: every weight gets its offset before a byte is written, so
+the .onnx file can be serialised while a thread streams the data (mha2sha.graph.datafile).
+Weights come from three places:
+
+- unchanged weights of the input's data file: read straight into the output buffer;
+- weights derived from one input weight (per-head slices, mha2sha.graph.derived): grouped
+  by source, the source is read once and every slice of it written in a row; a slice that
+  is a contiguous byte range of its source (Conv-layout rows) is copied like an unchanged
+  weight;
+- everything else (sliced biases, new constants): from memory.
+
+The data file follows the order of the input's data file, so reads are sequential. With
+``link_weights`` the input data file is cloned or hard-linked into the output folder and
+weights that are byte ranges of it (unchanged ones, contiguous slices) are referenced there:
+only the other weights are written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx_ir as ir
 
+from mha2sha.graph.datafile import DataFile
+from mha2sha.graph.derived import Derivation, Take, derivation_of
 from mha2sha.graph.ir_utils import in_memory
 
 INLINE_BYTES = 1024  # tensors up to this size stay inside the .onnx file
-_COPY_CHUNK = 1 << 30
 
 
 @dataclass
-class _Source:
+class _Range:
+    """Bytes ``[offset, offset + length)`` of a file."""
+
     path: Path
     offset: int
     length: int
 
 
-def _source_of(tensor) -> _Source | None:
+@dataclass
+class _Group:
+    """Weights derived from one external source tensor, written one after the other."""
+
+    source: ir.ExternalTensor
+    items: list[tuple[ir.Value, Derivation, int]] = field(default_factory=list)  # value, derivation, length
+
+
+@dataclass
+class _Plan:
+    """Each unit of work in data-file order, with the output offset it starts at."""
+
+    units: list[tuple[int, object]] = field(default_factory=list)  # (offset, _Range | _Group | (value, tensor))
+    size: int = 0
+    references: dict[str, ir.ExternalTensor] = field(default_factory=dict)  # value name -> new tensor
+    stats: dict = field(default_factory=dict)
+
+
+def _range_of(tensor) -> _Range | None:
+    """The byte range of the input file that holds ``tensor``'s bytes exactly, if there is one."""
     if isinstance(tensor, ir.ExternalTensor):
-        return _Source(Path(tensor.path), tensor.offset or 0, tensor.length or tensor.nbytes)
+        return _Range(Path(tensor.path), tensor.offset or 0, tensor.length or tensor.nbytes)
+    derivation = derivation_of(tensor)
+    if isinstance(derivation, Take) and isinstance(derivation.source, ir.ExternalTensor):
+        source = derivation.source
+        shape = [int(d) for d in source.shape]
+        itemsize = source.dtype.itemsize
+        idx, axis = derivation.indices, derivation.axis
+        contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
+        if contiguous and itemsize >= 1 and int(np.prod(shape[:axis])) == 1:
+            row = int(np.prod(shape[axis + 1:])) * int(itemsize)
+            return _Range(Path(source.path), (source.offset or 0) + idx[0] * row, len(idx) * row)
     return None
 
 
-class _Copier:
-    """Coalesces consecutive source ranges into few kernel copies."""
+def _plan(external: list[ir.Value], out_dir: Path, data_name: str, linked: tuple[Path, str] | None) -> _Plan:
+    plan = _Plan(stats={"copied_bytes": 0, "written_bytes": 0, "linked_bytes": 0, "linked": False})
+    by_source: list[tuple[tuple[str, int, int], object]] = []  # sort key, unit
+    groups: dict[int, _Group] = {}
+    in_memory_units: list[tuple[ir.Value, object]] = []
+    for order, value in enumerate(external):
+        tensor = value.const_value
+        rng = _range_of(tensor)
+        if rng is not None and linked is not None and rng.path == linked[0]:
+            plan.references[value.name] = _reference(linked[1], rng.offset, rng.length, tensor, value.name, out_dir)
+            plan.stats["linked_bytes"] += rng.length
+            continue
+        if rng is not None:
+            by_source.append(((str(rng.path), rng.offset, order), (value, rng)))
+            continue
+        derivation = derivation_of(tensor)
+        if derivation is not None and isinstance(derivation.source, ir.ExternalTensor) and derivation.source.dtype.itemsize >= 1:
+            source = derivation.source
+            group = groups.get(id(source))
+            if group is None:
+                group = groups[id(source)] = _Group(source)
+                by_source.append(((str(source.path), source.offset or 0, order), group))
+            group.items.append((value, derivation, tensor.nbytes))
+            continue
+        in_memory_units.append((value, tensor))
+    by_source.sort(key=lambda entry: entry[0])
+    position = 0
 
-    def __init__(self, out_fd: int):
-        self.out_fd = out_fd
-        self.pending: tuple[Path, int, int] | None = None  # path, start, length
-        self.fds: dict[Path, int] = {}
+    def place(value: ir.Value, tensor, length: int) -> None:
+        nonlocal position
+        plan.references[value.name] = _reference(data_name, position, length, tensor, value.name, out_dir)
+        position += length
 
-    def add(self, src: _Source) -> None:
-        if self.pending and self.pending[0] == src.path and self.pending[1] + self.pending[2] == src.offset:
-            self.pending = (src.path, self.pending[1], self.pending[2] + src.length)
-            return
-        self.flush()
-        self.pending = (src.path, src.offset, src.length)
+    for _, unit in by_source:
+        plan.units.append((position, unit if isinstance(unit, _Group) else unit[1]))
+        if isinstance(unit, _Group):
+            for value, _derivation, length in unit.items:
+                place(value, value.const_value, length)
+                plan.stats["written_bytes"] += length
+        else:
+            value, rng = unit
+            place(value, value.const_value, rng.length)
+            plan.stats["copied_bytes"] += rng.length
+    for value, tensor in in_memory_units:
+        plan.units.append((position, (value, tensor)))
+        place(value, tensor, tensor.nbytes)
+        plan.stats["written_bytes"] += tensor.nbytes
+    plan.size = position
+    return plan
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        path, offset, length = self.pending
-        self.pending = None
-        fd = self.fds.get(path)
+
+def _reference(location: str, offset: int, length: int, like, name: str, out_dir: Path) -> ir.ExternalTensor:
+    return ir.ExternalTensor(location, offset, length, like.dtype, shape=like.shape, name=name, base_dir=str(out_dir))
+
+
+class _Producer:
+    """Fills the data file with the plan's units, in a thread of its own."""
+
+    def __init__(self, plan: _Plan, data: DataFile):
+        self.plan = plan
+        self.data = data
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+        self._fds: dict[Path, int] = {}
+        self._scratch = bytearray()
+        self.thread = threading.Thread(target=self._run, name="mha2sha-weights", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for offset, unit in self.plan.units:
+                if self.cancelled.is_set():
+                    return
+                if self.data.position != offset:
+                    raise RuntimeError(f"data file plan out of step at {offset} (at {self.data.position})")
+                if isinstance(unit, _Range):
+                    self.data.append_from(self._fd(unit.path), unit.offset, unit.length)
+                elif isinstance(unit, _Group):
+                    self._derive(unit)
+                else:
+                    value, tensor = unit
+                    self._append(tensor.tobytes(), tensor.nbytes, value.name)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            self.error = exc
+        finally:
+            for fd in self._fds.values():
+                os.close(fd)
+
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
         if fd is None:
-            fd = self.fds[path] = os.open(path, os.O_RDONLY)
-        while length:
-            try:
-                n = os.copy_file_range(fd, self.out_fd, min(length, _COPY_CHUNK), offset)
-            except OSError:
-                n = 0
-            if n <= 0:  # no kernel copy here (other file system, old kernel): read and write
-                data = os.pread(fd, min(length, 1 << 26), offset)
-                n = os.write(self.out_fd, data)
-            offset += n
-            length -= n
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd
 
-    def close(self) -> None:
-        self.flush()
-        for fd in self.fds.values():
-            os.close(fd)
+    def _derive(self, group: _Group) -> None:
+        """Read the source once (no memory map: its pages would stay resident), then write
+        each derived weight."""
+        source = group.source
+        length = source.length or source.nbytes
+        if len(self._scratch) < length:
+            self._scratch = bytearray(length)
+        view = memoryview(self._scratch)[:length]
+        fd, start, got = self._fd(Path(source.path)), source.offset or 0, 0
+        while got < length:
+            n = os.preadv(fd, [view[got:]], start + got)
+            if n <= 0:
+                raise OSError(f"{source.path}: ended {length - got} bytes early")
+            got += n
+        dtype = np.dtype(source.dtype.numpy()).newbyteorder("<")
+        array = np.frombuffer(view, dtype=dtype).reshape([int(d) for d in source.shape])
+        for value, derivation, expected in group.items:
+            derived = np.ascontiguousarray(derivation.derive(array))
+            self._append(derived.view(np.uint8).reshape(-1), expected, value.name)
+
+    def _append(self, data, expected: int, name: str) -> None:
+        if len(memoryview(data).cast("B")) != expected:
+            raise RuntimeError(f"weight {name!r}: {len(data)} bytes, planned {expected}")
+        self.data.append(data)
 
 
 def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, link_weights: bool = False, progress=None) -> dict:
@@ -83,8 +208,6 @@ def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, lin
     """
     graph = model.graph
     out_dir = model_path.parent
-    stats = {"copied_bytes": 0, "written_bytes": 0, "linked_bytes": 0, "linked": False}
-    originals: dict[str, object] = {}
     # Tensors stored inside the .onnx file must hold their values, not a reference to the
     # input's data file (small constants of an external-data input, or everything when the
     # output has no data file).
@@ -93,60 +216,60 @@ def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, lin
     if data_name is None:
         with _inlined(inline):
             _serialize(model, model_path)
-        return stats
+        return {"copied_bytes": 0, "written_bytes": 0, "linked_bytes": 0, "linked": False}
     external = [v for v in graph.initializers.values() if v.const_value is not None and v.const_value.nbytes > INLINE_BYTES]
-    link_target: Path | None = None
-    linked_source: Path | None = None
-    if link_weights:
-        sources = {_source_of(v.const_value).path for v in external if _source_of(v.const_value) is not None}
-        if len(sources) == 1:
-            linked_source = next(iter(sources))
-            link_target = out_dir / f"{data_name}.weights"
-            if linked_source.stat().st_dev != out_dir.stat().st_dev:
-                stats["link_error"] = "input and output are on different file systems: copying instead"
-                link_target = linked_source = None
-    data_path = out_dir / data_name
-    fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    copier = _Copier(fd)
-    position = 0
+    linked, link_error = _link_source(external, out_dir, data_name) if link_weights else (None, None)
+    plan = _plan(external, out_dir, data_name, linked)
+    if link_error:
+        plan.stats["link_error"] = link_error
+    started = time.perf_counter()
+    data = DataFile(out_dir / data_name)
+    plan.stats["direct_io"] = data.direct
+    producer = _Producer(plan, data)
+    producer.thread.start()
+    originals = {value.name: value.const_value for value in external}
     try:
-        for count, value in enumerate(external):
-            tensor = value.const_value
-            src = _source_of(tensor)
-            if src is not None and linked_source is not None and src.path == linked_source:
-                new = ir.ExternalTensor(link_target.name, src.offset, src.length, tensor.dtype, shape=tensor.shape, name=value.name, base_dir=str(out_dir))
-                stats["linked_bytes"] += src.length
-            else:
-                if src is not None:
-                    copier.add(src)
-                    length = src.length
-                    stats["copied_bytes"] += length
-                else:
-                    copier.flush()
-                    data = tensor.tobytes()
-                    length = len(data)
-                    _write_all(fd, data)
-                    stats["written_bytes"] += length
-                new = ir.ExternalTensor(data_name, position, length, tensor.dtype, shape=tensor.shape, name=value.name, base_dir=str(out_dir))
-                position += length
-            originals[value.name] = tensor
-            value.const_value = new
-            if progress is not None:
-                progress(count + 1, len(external))
-        copier.close()
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if link_target is not None:
-        # Linked last: new tensors were read from the source before it gained a second name.
-        stats["linked"] = _clone_or_link(linked_source, link_target)
-    try:
+        # The .onnx file is serialised while the weights stream (its references are planned).
+        for value in external:
+            value.const_value = plan.references[value.name]
         with _inlined(inline):
             _serialize(model, model_path)
-    finally:
+        while producer.thread.is_alive():
+            producer.thread.join(0.25)
+            if progress is not None:
+                progress(min(data.written, plan.size) >> 20, plan.size >> 20)
+        if producer.error is not None:
+            raise producer.error
+        data.close()
+    except BaseException:
+        producer.cancelled.set()
+        producer.thread.join()
+        data.abort()
         for value in external:
-            value.const_value = originals.get(value.name, value.const_value)
-    return stats
+            value.const_value = originals[value.name]
+        raise
+    plan.stats["data_seconds"] = round(time.perf_counter() - started, 3)
+    if linked is not None:
+        # Linked last: the weights above were read from the source before it had a second name.
+        plan.stats["linked"] = _clone_or_link(linked[0], out_dir / linked[1])
+    for value in external:
+        value.const_value = originals[value.name]
+    if progress is not None:
+        progress(plan.size >> 20, plan.size >> 20)
+    return plan.stats
+
+
+def _link_source(external: list[ir.Value], out_dir: Path, data_name: str) -> tuple[tuple[Path, str] | None, str | None]:
+    """The input data file to clone or link (the one source of every external weight)."""
+    sources = {rng.path for rng in (_range_of(v.const_value) for v in external) if rng is not None}
+    sources |= {Path(d.source.path) for d in (derivation_of(v.const_value) for v in external)
+                if d is not None and isinstance(d.source, ir.ExternalTensor)}
+    if len(sources) != 1:
+        return None, None
+    source = next(iter(sources))
+    if source.stat().st_dev != out_dir.stat().st_dev:
+        return None, "input and output are on different file systems: copying instead"
+    return (source, f"{data_name}.weights"), None
 
 
 @contextlib.contextmanager
@@ -177,13 +300,6 @@ def _clone_or_link(source: Path, target: Path) -> str:
         target.unlink(missing_ok=True)
     os.link(source, target)
     return "hard link"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def _serialize(model: ir.Model, path: Path) -> None:

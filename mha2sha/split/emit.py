@@ -26,6 +26,7 @@ from mha2sha.analysis.layout import (
     per_head_layout,
     same_atoms,
 )
+from mha2sha.graph.derived import Take, derived_tensor, take
 from mha2sha.graph.ir_utils import (
     attr,
     const_array,
@@ -369,7 +370,7 @@ class BlockSplitter:
         shape = list(tensor.shape)
         shape[axis] = len(indices)
         name = self._unique(name)
-        lazy = ir.LazyTensor(lambda: ir.tensor(_sliced(tensor, indices, axis)), dtype=tensor.dtype, shape=ir.Shape(shape), name=name)
+        lazy = derived_tensor(Take(tensor, indices, axis), shape, name)
         v = ir.Value(name=name, const_value=lazy)
         v.shape = ir.Shape(shape)
         v.dtype = tensor.dtype
@@ -403,7 +404,7 @@ class BlockSplitter:
                 raise SplitError("projection bias computed at run time", node)
             if b.ndim >= 1 and b.shape[-1] > 1:
                 b_axis = b.ndim - 1 if op == "Gemm" else 0
-                new_b = self._const(f"{role}.bias", _take(b, idx, b_axis))
+                new_b = self._const(f"{role}.bias", take(b, idx, b_axis))
                 self.record.params.append(ParamSlice(bias.name, new_b.name, b_axis, tuple(idx), tuple(b.shape)))
                 inputs[2] = new_b
         out = self._value(role, node.outputs[0], out_layout)
@@ -830,26 +831,6 @@ class BlockSplitter:
         out.shape = value.shape
         self._node("Concat", parts, {"axis": axis}, f"{self.block.name}.concat_heads", [out])
         return out
-
-
-def _sliced(tensor, indices: list[int], axis: int) -> np.ndarray:
-    """One head's slice of a (memory-mapped) weight. The mapping is released at once:
-    mapped pages count as resident memory, and a 7B model's q/k/v weights would add up."""
-    piece = _take(tensor.numpy(), indices, axis)
-    if isinstance(tensor, ir.ExternalTensor):
-        tensor.release()
-    return piece
-
-
-def _take(array: np.ndarray, indices: list[int], axis: int) -> np.ndarray:
-    """``array`` restricted to ``indices`` along ``axis``; a plain slice when contiguous."""
-    if indices == list(range(indices[0], indices[0] + len(indices))):
-        index = [slice(None)] * array.ndim
-        index[axis] = slice(indices[0], indices[0] + len(indices))
-        # Always a copy: a contiguous slice would otherwise be a view of the memory map,
-        # which could then not be released (and would keep the pages resident).
-        return np.array(array[tuple(index)], order="C", copy=True)
-    return np.ascontiguousarray(np.take(array, indices, axis=axis))
 
 
 def _unsqueeze_axes(node: ir.Node) -> list[int] | None:
