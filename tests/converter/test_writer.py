@@ -1,0 +1,183 @@
+"""The streamed data file and the model writer.
+
+Oracles: the bytes appended, kept aside by the test (DataFile); numpy slices of the input's
+weights computed here and onnxruntime on the original model (write_model and the
+conversion, with and without --link-weights)."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from onnx import numpy_helper
+
+from fuzz import AttentionConfig, build
+from mha2sha.api import ConvertOptions, convert
+from mha2sha.graph.datafile import DataFile
+from tests.llm.helpers import close, run_ort
+
+# (kind, size): bytes from memory, or a range of a source file.
+_pieces = st.lists(st.tuples(st.sampled_from(["bytes", "file"]), st.integers(0, 40_000)), max_size=12)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@given(pieces=_pieces)
+def test_data_file_holds_exactly_what_was_appended(tmp_path_factory, direct, pieces):
+    tmp = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(len(pieces))
+    source = rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    (tmp / "source").write_bytes(source)
+    expected = bytearray()
+    offsets = []
+    fd = os.open(tmp / "source", os.O_RDONLY)
+    try:
+        # Two buffers of 8 KiB: most pieces cross a buffer boundary.
+        with DataFile(tmp / "out", buffer_bytes=8192, direct=direct) as data:
+            for kind, size in pieces:
+                if kind == "bytes":
+                    chunk = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+                    offsets.append(data.append(chunk))
+                else:
+                    start = int(rng.integers(0, len(source) - min(size, len(source)) + 1))
+                    size = min(size, len(source) - start)
+                    chunk = source[start:start + size]
+                    offsets.append(data.append_from(fd, start, size))
+                assert offsets[-1] == len(expected)
+                expected += chunk
+    finally:
+        os.close(fd)
+    assert (tmp / "out").read_bytes() == bytes(expected)
+
+
+def test_data_file_reports_a_full_disk(tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    data = DataFile("/dev/full", buffer_bytes=8192)
+    with pytest.raises(OSError) as caught:
+        for _ in range(8):  # more than the two buffers: the error reaches the caller
+            data.append(bytes(8192))
+        data.close()
+    assert caught.value.errno == errno.ENOSPC
+    data.abort()
+
+
+def test_data_file_source_shorter_than_asked(tmp_path):
+    (tmp_path / "short").write_bytes(b"x" * 100)
+    fd = os.open(tmp_path / "short", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError, match="early"), DataFile(tmp_path / "out", buffer_bytes=8192) as data:
+            data.append_from(fd, 50, 100)
+    finally:
+        os.close(fd)
+
+
+def _external_model(tmp_path: Path, **overrides):
+    # hidden 128: a head's slice of a projection (128 x 32 floats) is above the 1 KiB kept inline.
+    cfg = AttentionConfig(**{"heads": 4, "kv_heads": 2, "hidden": 128, "mlp": True, "layers": 2, **overrides})
+    built = build(cfg, seed=5)
+    path = tmp_path / "in" / "m.onnx"
+    path.parent.mkdir()
+    onnx.save(copy.deepcopy(built.model), path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.onnx.data", size_threshold=1024)
+    return built, path
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    """Initializers read from the external-data fields with numpy (onnx.load refuses a data
+    file with two hard links, which --link-weights makes on file systems without clones)."""
+    model = onnx.load(path, load_external_data=False)
+    out = {}
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            out[t.name] = numpy_helper.to_array(t)
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+        with open(path.parent / info["location"], "rb") as fh:
+            fh.seek(int(info.get("offset", 0)))
+            raw = fh.read(int(info["length"]))
+        out[t.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims))
+    return out
+
+
+def _run_ort(path: Path, feeds: dict) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["copy", "link"])
+@pytest.mark.parametrize("overrides", [dict(projection="matmul"), dict(projection="gemm_transb"), dict(layout="nchw")],
+                         ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_written_weights_are_the_inputs_slices(tmp_path, link, overrides):
+    """Every weight of the output equals the input weight it stands for, or the per-head
+    slice of it that the split record names, read back by onnx (not by our reader)."""
+    built, path = _external_model(tmp_path, **overrides)
+    original = _weights(path)
+    before = (path.parent / "m.onnx.data").read_bytes()
+    records = list(_split_records(path))
+    result = convert(path, tmp_path / "out", ConvertOptions(link_weights=link, verify=True))
+    assert result.ok, result.report.get("blocks")
+    assert (path.parent / "m.onnx.data").read_bytes() == before  # the input is never changed
+    written = _weights(result.model_path)
+    mapping = __import__("json").loads(result.mapping_path.read_text())["param_encodings"]
+    sliced = {target for targets in mapping.values() for target in targets}
+    unchanged = [n for n in written if n in original and n not in sliced]
+    assert unchanged, "the model should keep some weights unchanged (MLP, norms)"
+    for name in unchanged:
+        np.testing.assert_array_equal(written[name], original[name], err_msg=name)
+    assert records
+    for source, target, axis, indices in records:
+        np.testing.assert_array_equal(written[target], np.take(original[source], indices, axis=axis), err_msg=target)
+    stats = result.report["write"]
+    if link:
+        assert stats["linked"] in ("clone", "hard link") and stats["linked_bytes"] > 0
+        weights_file = result.model_path.parent / (result.model_path.name + ".data.weights")
+        if stats["linked"] == "hard link":
+            assert os.path.samefile(weights_file, path.parent / "m.onnx.data")
+    else:
+        assert stats["linked_bytes"] == 0 and stats["copied_bytes"] > 0
+    feeds = built.make_feeds(2)
+    got = _run_ort(result.model_path, feeds)
+    want = run_ort(built.model, feeds)
+    for name in built.output_names:
+        assert close(got[name], want[name], rtol=1e-5, atol=1e-5), name
+
+
+def _split_records(path: Path):
+    """(source, target, axis, indices) of every sliced projection weight, from the split."""
+    from mha2sha.graph.io import load_model
+    from mha2sha.pipeline import split_model
+
+    result = split_model(load_model(path).model)
+    for record in result.records:
+        for ps in record.params:
+            if ps.axis >= 0 and len(ps.source_shape) >= 2:
+                yield ps.source, ps.target, ps.axis, list(ps.indices)
+
+
+def test_contiguous_head_slices_are_byte_ranges_of_the_input(tmp_path):
+    """Conv-layout weights: a head's output channels are contiguous rows, so with
+    --link-weights they are referenced in the linked input file, not written."""
+    _, path = _external_model(tmp_path, layout="nchw")
+    result = convert(path, tmp_path / "out", ConvertOptions(link_weights=True))
+    assert result.ok
+    model = onnx.load(result.model_path, load_external_data=False)
+    locations = {}
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            locations[t.name] = {e.key: e.value for e in t.external_data}["location"]
+    mapping = __import__("json").loads(result.mapping_path.read_text())["param_encodings"]
+    per_head = [target for targets in mapping.values() for target in targets if target in locations]
+    assert per_head
+    assert all(locations[name].endswith(".weights") for name in per_head), {n: locations[n] for n in per_head}
+    assert result.report["write"]["written_bytes"] < result.report["write"]["linked_bytes"]
