@@ -7,6 +7,8 @@ stages around it (see mha2sha.api).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -14,7 +16,7 @@ import onnx_ir as ir
 
 from mha2sha.analysis.discover import Block, BlockError, analyze, find_anchors
 from mha2sha.graph.ir_utils import describe
-from mha2sha.passes.cleanup import cleanup, infer_shapes
+from mha2sha.passes.cleanup import cleanup, ensure_sorted, infer_shapes
 from mha2sha.passes.fold import fold_static_shapes
 from mha2sha.split.apply import split_block
 from mha2sha.split.emit import SplitError, SplitRecord
@@ -104,12 +106,27 @@ def _drop_split_inputs(model: ir.Model, records: list[SplitRecord]) -> None:
     model.graph.inputs.extend(ordered)
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic garbage collection inside the block. The graph passes allocate hundreds of
+    thousands of small objects, and each collection walks every live one (the whole model):
+    on a 7B model that was a third of the graph pass. Whatever the block leaves for the
+    collector is collected once it ends."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def prepare(model: ir.Model) -> None:
     """Sort, fold static shape arithmetic, and infer shapes: what the analysis reads."""
-    model.graph.sort()
+    ensure_sorted(model.graph)
     infer_shapes(model)
     if fold_static_shapes(model.graph):
-        model.graph.sort()
+        ensure_sorted(model.graph)
         infer_shapes(model)
 
 
@@ -124,10 +141,19 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_i
     ``requantized(output, input)``: whether a layout op's output carries an encoding of its
     own (then a per-head Identity keeps it instead of reusing the input tensor).
     """
+    with gc_paused():
+        return _split_model(model, analyse_only=analyse_only, per_head_cache_io=per_head_cache_io,
+                            heads_per_block=heads_per_block, requantized=requantized, progress=progress)
+
+
+def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool, heads_per_block: int, requantized, progress) -> SplitResult:
     prepare(model)
     graph = model.graph
     names = _all_names(graph)
     anchors = find_anchors(graph)
+    # Where each original node stands: a block's new nodes go in before the first node that
+    # reads its outputs, which keeps the graph sorted (cleanup checks, and sorts otherwise).
+    positions = {id(node): i for i, node in enumerate(graph)}
     reports: list[BlockReport] = []
     records: list[SplitRecord] = []
     blocks: list[Block] = []
@@ -150,7 +176,8 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_i
             report.converted = True
             continue
         try:
-            records.append(split_block(graph, block, names, per_head_cache_io=per_head_cache_io, requantized=requantized))
+            records.append(split_block(graph, block, names, per_head_cache_io=per_head_cache_io, requantized=requantized,
+                                       positions=positions))
             report.converted = True
         except (SplitError, ValueError) as exc:
             report.reason = getattr(exc, "reason", str(exc))

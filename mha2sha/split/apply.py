@@ -41,11 +41,15 @@ def _rename_for_replacement(value: ir.Value, names: set[str]) -> str:
     return original
 
 
-def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True, requantized=None) -> SplitRecord:
+def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True, requantized=None,
+                positions: dict[int, int] | None = None) -> SplitRecord:
     """Rewrite ``block`` into per-head computation; on failure the graph is left unchanged.
 
     With ``per_head_cache_io``, KV-cache graph inputs and outputs (graph inputs read on the
     key/value paths, graph outputs written there) become one tensor per kv head.
+    ``positions`` (id(node) -> index in the sorted graph): the new nodes go in before the
+    first node reading the block's outputs instead of at the end, so the graph stays sorted
+    in the usual case (the caller still checks).
     """
     splitter = BlockSplitter(graph, block, names, per_head_cache_io=per_head_cache_io, requantized=requantized)
     block_nodes = {id(inst.node) for inst in block.instances}
@@ -77,6 +81,8 @@ def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cach
         _rollback(graph, splitter, initializers_before)
         at = exc.at if isinstance(exc, SplitError) else None
         raise SplitError(getattr(exc, "reason", str(exc)), at) from None
+    consumers = [u.node for value, _ in rebuilt for u in value.uses() if id(u.node) not in block_nodes and u.node not in splitter._new]
+    _insert(graph, splitter.nodes, consumers, positions)
     for value, new in rebuilt:
         for use in list(value.uses()):
             if id(use.node) not in block_nodes and use.node not in splitter.nodes:
@@ -104,12 +110,21 @@ def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cach
     return splitter.record
 
 
+def _insert(graph: ir.Graph, nodes: list[ir.Node], consumers: list[ir.Node], positions: dict[int, int] | None) -> None:
+    known = [positions.get(id(n)) for n in consumers] if positions is not None else []
+    if consumers and all(p is not None for p in known):
+        first = min(range(len(consumers)), key=lambda i: known[i])
+        graph.insert_before(consumers[first], nodes)
+    else:
+        graph.extend(nodes)
+
+
 def _rollback(graph: ir.Graph, splitter: BlockSplitter, initializers_before: set[str]) -> None:
-    """Remove everything the failed split added: the graph is as it was."""
+    """Remove everything the failed split added (its nodes never entered the graph): the
+    graph is as it was."""
     for node in reversed(splitter.nodes):
         for i in range(len(node.inputs)):
             node.replace_input_with(i, None)
-    graph.remove(splitter.nodes, safe=False)
     if splitter.new_inputs:
         kept = [v for v in graph.inputs if v not in splitter.new_inputs]
         graph.inputs.clear()

@@ -116,6 +116,32 @@ def _same_sizes(a: Layout, b: Layout) -> bool:
     return len(a) == len(b) and all(same_atoms(x.atoms, y.atoms) for x, y in zip(a, b))
 
 
+# Where a recorded node input comes from, per head: the handler's input piece i, output k
+# of recorded node j, or the same value for every head (a shared constant or target).
+_IN, _NEW, _FIXED = 0, 1, 2
+
+
+@dataclass
+class _NodeRecipe:
+    op: str
+    domain: str
+    version: int | None
+    attributes: tuple[ir.Attr, ...]
+    inputs: tuple[tuple | None, ...]  # (_IN, i) | (_NEW, j, k) | (_FIXED, value) | None
+    name: str  # after "<block>.<tag>."
+    outputs: tuple[tuple[str, ir.Shape | None, ir.DataType | None], ...]  # name after the prefix, shape, dtype
+
+
+@dataclass
+class _Recipe:
+    """The nodes an instance's handler made for one head, to make them again for another
+    head without redoing the handler's layout work. Valid because the handlers decide from
+    layouts alone: a head changes only the input pieces and the names."""
+
+    nodes: list[_NodeRecipe]
+    results: dict[int, tuple]  # output index -> (_IN, i) | (_NEW, j, k)
+
+
 class BlockSplitter:
     def __init__(self, graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True, requantized=None):
         self.graph = graph
@@ -125,16 +151,31 @@ class BlockSplitter:
         self.block = block
         self.space = block.space
         self.names = names
-        self.pieces: dict[tuple[int, Layout, tuple[int, ...]], ir.Value] = {}
+        self.pieces: dict[tuple[int, int, tuple[int, ...]], ir.Value] = {}  # (id(value), layout id, key)
         self.emitted: dict[tuple, ir.Node] = {}
         self.record = SplitRecord(block.name)
         self.nodes: list[ir.Node] = []
         self._new: set[ir.Node] = set()
-        self._distinct_keys: dict[Layout, int] = {}
+        # Layouts are compared by content but hashed in Python: each distinct layout gets a
+        # small int once (by object id: the block keeps its layouts alive), and its keys for
+        # every head are computed once.
+        self._layout_ids: dict[int, int] = {}
+        self._layout_by_content: dict[Layout, int] = {}
+        self._layouts_seen: list[Layout] = []
+        self._keys: dict[int, list[tuple[int, ...]]] = {}
+        self._distinct_keys: dict[int, int] = {}
         self._int_consts: dict[tuple, ir.Value] = {}
         self._io_values: dict[tuple[str, int], ir.Value] = {}
         self.new_inputs: list[ir.Value] = []
         self.external_inputs: dict[str, None] = {}  # non-constant tensors the new nodes read
+        # Recipe replay (see _Recipe): per instance, its recipe or None (not replayable).
+        self._recipes: dict[int, _Recipe | None] = {}
+        self._recording: list[tuple[ir.Node, str]] | None = None  # (node, base name) while recording
+        self._bases: dict[str, str] = {}  # unique name -> name asked for, while recording
+        self._shared = 0  # > 0 while making nodes every head shares (cached run-time targets)
+        self._emissions = 0  # counts emissions: a handler that emits others is not replayed
+        self._replayable = True
+        self._tags: dict[tuple[int, int], str] = {}
 
     # -- naming ----------------------------------------------------------------------
     def _unique(self, name: str) -> str:
@@ -143,20 +184,46 @@ class BlockSplitter:
             k += 1
             name = f"{base}_{k}"
         self.names.add(name)
+        if self._recording is not None:
+            self._bases[name] = base
         return name
 
     def _tag(self, layout: Layout, head: int) -> str:
-        key = key_of(layout, self.space, head)
+        # Layouts live as long as the block: their ids are stable keys for the cache.
+        lid = self._layout_id(layout)
+        found = self._tags.get((lid, head))
+        if found is None:
+            found = self._tags[(lid, head)] = self._make_tag(lid, head)
+        return found
+
+    def _make_tag(self, lid: int, head: int) -> str:
+        keys = self._keys[lid]
+        key = keys[head]
         if not key:
             return "shared"
-        count = self._distinct_keys.get(layout)
+        count = self._distinct_keys.get(lid)
         if count is None:
-            count = len({key_of(layout, self.space, h) for h in range(self.space.num_heads)})
-            self._distinct_keys[layout] = count
+            count = self._distinct_keys[lid] = len(set(keys))
         prefix = "h" if self.space.group == 1 else "g"  # a head, or a group of heads (AR-M)
         if count == self.space.num_heads:
             return f"{prefix}{head}"
         return "kv" + "_".join(str(k) for k in key)
+
+    def _layout_id(self, layout: Layout) -> int:
+        lid = self._layout_ids.get(id(layout))
+        if lid is None:
+            lid = self._layout_by_content.get(layout)
+            if lid is None:
+                lid = self._layout_by_content[layout] = len(self._layout_by_content)
+                self._keys[lid] = [key_of(layout, self.space, h) for h in range(self.space.num_heads)]
+            self._layout_ids[id(layout)] = lid
+            self._layouts_seen.append(layout)  # keeps the id valid
+        return lid
+
+    def _piece_key(self, value: ir.Value, layout: Layout, head: int, keep_rank: bool) -> tuple:
+        lid = self._layout_id(layout)
+        key = self._keys[lid][head]
+        return (id(value), lid, key + (-1,) if keep_rank else key)
 
     def _name(self, tag: str, original: str | None, fallback: str) -> str:
         return self._unique(f"{self.block.name}.{tag}.{original or fallback}")
@@ -164,13 +231,17 @@ class BlockSplitter:
     # -- graph building --------------------------------------------------------------
     def _node(self, op: str, inputs, attrs: dict | None, name: str, outputs: list[ir.Value], domain: str = "", version=None) -> ir.Node:
         node = ir.node(op, list(inputs), attrs or {}, domain=domain, outputs=outputs, name=self._unique(name), version=version)
+        self._add(node)
+        if self._recording is not None and not self._shared:
+            self._recording.append((node, name))
+        return node
+
+    def _add(self, node: ir.Node) -> None:
         for v in node.inputs:
             if v is not None and v.name and v.producer() not in self._new and not is_const(v):
                 self.external_inputs.setdefault(v.name, None)
         self._new.add(node)
-        self.graph.append(node)
-        self.nodes.append(node)
-        return node
+        self.nodes.append(node)  # put into the graph by split_block once the whole block succeeded
 
     def _value(self, name: str, like: ir.Value | None, layout: Layout | None = None, dtype=None) -> ir.Value:
         v = ir.Value(name=name)
@@ -199,10 +270,11 @@ class BlockSplitter:
 
     # -- pieces ----------------------------------------------------------------------
     def piece(self, value: ir.Value, layout: Layout, head: int, keep_rank: bool = False) -> ir.Value:
-        key = (id(value), layout, key_of(layout, self.space, head) + ((-1,) if keep_rank else ()))
+        key = self._piece_key(value, layout, head, keep_rank)
         found = self.pieces.get(key)
         if found is not None:
             return found
+        self._emissions += 1
         vk = (value, layout)
         if vk in self.block.produced:
             inst, _ = self.block.produced[vk]
@@ -216,8 +288,7 @@ class BlockSplitter:
         return self.pieces[key]
 
     def _set_piece(self, value: ir.Value, layout: Layout, head: int, piece: ir.Value, keep_rank=False) -> None:
-        key = (id(value), layout, key_of(layout, self.space, head) + ((-1,) if keep_rank else ()))
-        self.pieces[key] = piece
+        self.pieces[self._piece_key(value, layout, head, keep_rank)] = piece
         if value.name and piece.name:
             self.record.add_activation(value.name, piece.name)
 
@@ -423,13 +494,89 @@ class BlockSplitter:
                 ins.append(v)
             else:
                 ins.append(self.piece(v, lay, head, keep_rank=i in inst.keep_rank))
-        handler = getattr(self, f"_op_{node.op_type}", None)
-        if handler is None:
-            results = self._op_same(inst, ins, head, tag)
+        recipe = self._recipes.get(id(inst), False)
+        if recipe:
+            results = self._replay(recipe, ins, tag)
         else:
-            results = handler(inst, ins, head, tag)
+            results = self._run_handler(inst, ins, head, tag, record=recipe is False)
         for idx, piece in results.items():
             self._set_piece(node.outputs[idx], inst.outputs[idx], head, piece)
+
+    def _run_handler(self, inst: Instance, ins: list, head: int, tag: str, *, record: bool) -> dict[int, ir.Value]:
+        handler = getattr(self, f"_op_{inst.node.op_type}", self._op_same)
+        if not record:
+            return handler(inst, ins, head, tag)
+        outer = (self._recording, self._bases, self._replayable)
+        self._recording, self._bases, self._replayable = [], {}, True
+        emissions = self._emissions
+        try:
+            results = handler(inst, ins, head, tag)
+            replayable = self._replayable and self._emissions == emissions
+            recipe = self._make_recipe(ins, results, f"{self.block.name}.{tag}.") if replayable else None
+        finally:
+            recorded_bases = self._bases
+            self._recording, self._bases, self._replayable = outer
+            if self._recording is not None:
+                self._bases.update(recorded_bases)
+        self._recipes[id(inst)] = recipe
+        return results
+
+    def _make_recipe(self, ins: list, results: dict[int, ir.Value], prefix: str) -> _Recipe | None:
+        made: dict[int, tuple[int, int]] = {}  # id(value) -> (node j, output k)
+        nodes: list[_NodeRecipe] = []
+
+        def source(v: ir.Value | None):
+            if v is None:
+                return None
+            found = made.get(id(v))
+            if found is not None:
+                return (_NEW, *found)
+            for i, piece in enumerate(ins):
+                if piece is v:
+                    return (_IN, i)
+            return (_FIXED, v)
+
+        def suffix(name: str | None) -> str | None:
+            base = self._bases.get(name, name)
+            return base[len(prefix):] if base is not None and base.startswith(prefix) else None
+
+        for j, (node, base) in enumerate(self._recording):
+            name = base[len(prefix):] if base.startswith(prefix) else None
+            outs = [(suffix(o.name), o.shape, o.dtype) for o in node.outputs]
+            if name is None or any(o[0] is None for o in outs) or any(a.type == ir.AttributeType.GRAPH for a in node.attributes.values()):
+                return None
+            nodes.append(_NodeRecipe(node.op_type, node.domain, node.version, tuple(node.attributes.values()),
+                                     tuple(source(v) for v in node.inputs), name, tuple(outs)))
+            for k, out in enumerate(node.outputs):
+                made[id(out)] = (j, k)
+        result_sources = {idx: source(v) for idx, v in results.items()}
+        if any(src is None or src[0] == _FIXED for src in result_sources.values()):
+            return None
+        return _Recipe(nodes, result_sources)
+
+    def _replay(self, recipe: _Recipe, ins: list, tag: str) -> dict[int, ir.Value]:
+        prefix = f"{self.block.name}.{tag}."
+        made: list[ir.Node] = []
+        for nr in recipe.nodes:
+            inputs = []
+            for src in nr.inputs:
+                if src is None:
+                    inputs.append(None)
+                elif src[0] == _IN:
+                    inputs.append(ins[src[1]])
+                elif src[0] == _NEW:
+                    inputs.append(made[src[1]].outputs[src[2]])
+                else:
+                    inputs.append(src[1])
+            outputs = []
+            for name, shape, dtype in nr.outputs:
+                v = ir.Value(name=self._unique(prefix + name), shape=shape)
+                v.dtype = dtype
+                outputs.append(v)
+            node = ir.Node(nr.domain, nr.op, inputs, nr.attributes, outputs=outputs, name=self._unique(prefix + nr.name), version=nr.version)
+            self._add(node)
+            made.append(node)
+        return {idx: ins[src[1]] if src[0] == _IN else made[src[1]].outputs[src[2]] for idx, src in recipe.results.items()}
 
     def _outputs_for(self, inst: Instance, head: int, tag: str) -> list[ir.Value]:
         outs = []
@@ -519,9 +666,13 @@ class BlockSplitter:
         cached = self.emitted.get(key)
         if cached is not None:
             return cached.outputs[0]
-        target = self._target_from_original(inst, out_per)
-        if target is None:
-            target = self._target_from_input(inst, out_per, piece)
+        self._shared += 1  # made once, read by every head: not part of a recipe
+        try:
+            target = self._target_from_original(inst, out_per)
+            if target is None:
+                target = self._target_from_input(inst, out_per, piece)
+        finally:
+            self._shared -= 1
         self.emitted[key] = target.producer()
         return target
 
@@ -656,6 +807,7 @@ class BlockSplitter:
         alias = self._window_alias(inst, ins, tag)
         if alias is not None:
             return alias
+        self._replayable = False  # one Split per distinct input piece, cached below
         rank, removed = self._in_removed(inst)
         key = (id(inst.node), inst.inputs[0], key_of(inst.inputs[0], self.space, head))
         node = self.emitted.get(key)
