@@ -149,6 +149,8 @@ class HeadSpace:
     _heads_of: dict[Layout, list[Atom]] = field(default_factory=dict, repr=False)
     _keys: dict[tuple[Layout, int], tuple[int, ...]] = field(default_factory=dict, repr=False)
     _per_head: dict[Layout, tuple[Layout, list[int]]] = field(default_factory=dict, repr=False)
+    _root_values: dict[int, dict[int, int]] = field(default_factory=dict, repr=False)
+    _axis_plans: dict[Axis, tuple | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for root, div, mod in self.digits:
@@ -184,13 +186,16 @@ class HeadSpace:
         return HeadSpace(tuple(digits), group=group, matrix_roots=self.matrix_roots)
 
     def root_indices(self, head: int) -> dict[int, int]:
-        """Head ``head``'s contribution to each root's index."""
-        values: dict[int, int] = {}
-        remaining = head
-        for root, div, mod in reversed(self.digits):
-            digit = remaining % mod
-            remaining //= mod
-            values[root] = values.get(root, 0) + digit * div
+        """Head ``head``'s contribution to each root's index (do not modify: cached)."""
+        values = self._root_values.get(head)
+        if values is None:
+            values = {}
+            remaining = head
+            for root, div, mod in reversed(self.digits):
+                digit = remaining % mod
+                remaining //= mod
+                values[root] = values.get(root, 0) + digit * div
+            self._root_values[head] = values
         return values
 
     def _head_intervals(self, root: int) -> list[tuple[int, int]]:
@@ -326,6 +331,19 @@ def axis_indices(ax: Axis, space: HeadSpace, head: int) -> list[int] | None:
     Free atoms must have static sizes; the result may be non-contiguous (any order of
     head and free atoms is allowed).
     """
+    plan = space._axis_plans.get(ax, False)
+    if plan is False:
+        plan = space._axis_plans[ax] = _axis_plan(ax, space)
+    if plan is None:
+        return None
+    heads, free_offsets = plan
+    base = ax.offset + sum(space.index(a, head) * stride for a, stride in heads)
+    return [base + f for f in free_offsets]
+
+
+def _axis_plan(ax: Axis, space: HeadSpace) -> tuple[list[tuple[Atom, int]], list[int]] | None:
+    """What axis_indices needs for every head: the head atoms with their strides, and the
+    offsets of all free positions (row-major); None when the axis has no head atoms."""
     ax = space.refine_axis(ax)
     kinds = [space.classify(a) for a in ax.atoms]
     if not any(k == "head" for k in kinds):
@@ -339,14 +357,11 @@ def axis_indices(ax: Axis, space: HeadSpace, head: int) -> list[int] | None:
             raise ValueError("a head-carrying axis needs static sizes")
         stride *= ext
     strides.reverse()
-    base = ax.offset
-    free_ranges: list[tuple[int, int]] = []  # (size, stride)
+    heads: list[tuple[Atom, int]] = []
+    free_offsets = [0]
     for a, k, st in zip(ax.atoms, kinds, strides):
         if k == "head":
-            base += space.index(a, head) * st
+            heads.append((a, st))
         else:
-            free_ranges.append((int(a.extent), st))
-    indices = [base]
-    for size, st in free_ranges:
-        indices = [i + j * st for i in indices for j in range(size)]
-    return indices
+            free_offsets = [i + j * st for i in free_offsets for j in range(int(a.extent))]
+    return heads, free_offsets

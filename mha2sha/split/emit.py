@@ -164,6 +164,13 @@ class BlockSplitter:
         self._layouts_seen: list[Layout] = []
         self._keys: dict[int, list[tuple[int, ...]]] = {}
         self._distinct_keys: dict[int, int] = {}
+        self._shapes: dict[int, ir.Shape] = {}
+        # What makes each (value, layout id): the block's dicts, looked up by ints. Later
+        # entries win, as in piece(): an instance output over a projection over a leaf.
+        self._sources: dict[tuple[int, int], tuple[str, object]] = {}
+        for kind, table in (("leaf", block.leaves), ("projection", block.projections), ("produced", block.produced)):
+            for (value, layout), what in table.items():
+                self._sources[(id(value), self._layout_id(layout))] = (kind, what)
         self._int_consts: dict[tuple, ir.Value] = {}
         self._io_values: dict[tuple[str, int], ir.Value] = {}
         self.new_inputs: list[ir.Value] = []
@@ -247,8 +254,17 @@ class BlockSplitter:
         v = ir.Value(name=name)
         v.dtype = dtype if dtype is not None else (like.dtype if like is not None else None)
         if layout is not None:
-            v.shape = _shape_of(layout)
+            v.shape = self._shape(layout)
         return v
+
+    def _shape(self, layout: Layout) -> ir.Shape:
+        """The shape of a layout, one frozen object per distinct layout (shared by values)."""
+        lid = self._layout_id(layout)
+        found = self._shapes.get(lid)
+        if found is None:
+            found = self._shapes[lid] = _shape_of(layout)
+            found.freeze()
+        return found
 
     def _const(self, name: str, array: np.ndarray) -> ir.Value:
         name = self._unique(name)
@@ -275,16 +291,16 @@ class BlockSplitter:
         if found is not None:
             return found
         self._emissions += 1
-        vk = (value, layout)
-        if vk in self.block.produced:
-            inst, _ = self.block.produced[vk]
-            self._emit_instance(inst, head)
-        elif vk in self.block.projections:
-            self._emit_projection(self.block.projections[vk], head)
-        elif vk in self.block.leaves:
-            self._emit_leaf(self.block.leaves[vk], head, keep_rank)
-        else:
+        source = self._sources.get(key[:2])
+        if source is None:
             raise SplitError(f"tensor {value.name!r} has no layout in the block", value.producer())
+        kind, what = source
+        if kind == "produced":
+            self._emit_instance(what[0], head)
+        elif kind == "projection":
+            self._emit_projection(what, head)
+        else:
+            self._emit_leaf(what, head, keep_rank)
         return self.pieces[key]
 
     def _set_piece(self, value: ir.Value, layout: Layout, head: int, piece: ir.Value, keep_rank=False) -> None:
@@ -543,6 +559,9 @@ class BlockSplitter:
         for j, (node, base) in enumerate(self._recording):
             name = base[len(prefix):] if base.startswith(prefix) else None
             outs = [(suffix(o.name), o.shape, o.dtype) for o in node.outputs]
+            for o in node.outputs:
+                if o.shape is not None:
+                    o.shape.freeze()  # shared with the other heads' copies from now on
             if name is None or any(o[0] is None for o in outs) or any(a.type == ir.AttributeType.GRAPH for a in node.attributes.values()):
                 return None
             nodes.append(_NodeRecipe(node.op_type, node.domain, node.version, tuple(node.attributes.values()),
