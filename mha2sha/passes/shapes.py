@@ -6,7 +6,8 @@ the fact that they are the model's ``batch`` and ``seq``; onnxruntime's symbolic
 inference follows the shape arithmetic and keeps them, but is Python (0.3 s on a 7B graph,
 where ONNX's takes 0.05 s). So ONNX's runs first, and its answer is taken when it is
 complete: every output of every node has a shape, and no dimension is one ONNX invented.
-Otherwise onnxruntime's runs (and ONNX's answer is the fallback when that fails). Weights
+Where it is not, onnxruntime's runs on just those nodes (with ONNX's shapes around them),
+or on the whole graph when that cannot be done; ONNX's answer stays where both fail. Weights
 are never serialised for this: initializers larger than a few bytes are passed as typed
 graph inputs.
 """
@@ -115,26 +116,80 @@ def _onnx(proto: onnx.ModelProto) -> onnx.ModelProto | None:
         return None
 
 
-def _complete(inferred: onnx.ModelProto, model: ir.Model) -> bool:
-    """Whether every node output of the main graph got a full shape with no invented
-    dimension (ONNX names what it cannot follow ``unk__N``, or leaves it blank)."""
-    infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+def _infos(inferred: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    return {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+
+
+def _unresolved(infos: dict[str, onnx.ValueInfoProto], model: ir.Model) -> set[str]:
+    """Node outputs of the main graph without a full shape, or with a dimension ONNX
+    invented (it names what it cannot follow ``unk__N``, or leaves it blank)."""
+    missing: set[str] = set()
     for node in model.graph:
         for out in node.outputs:
-            if not out.name:
+            if out.name and not _resolved(infos.get(out.name)):
+                missing.add(out.name)
+    return missing
+
+
+def _resolved(info: onnx.ValueInfoProto | None) -> bool:
+    if info is None or not info.type.HasField("tensor_type") or not info.type.tensor_type.HasField("shape"):
+        return False
+    return all(d.HasField("dim_value") or (d.HasField("dim_param") and not d.dim_param.startswith("unk__"))
+               for d in info.type.tensor_type.shape.dim)
+
+
+_SHAPE_DATA = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+
+
+def _symbolic_around(proto: onnx.ModelProto, infos: dict[str, onnx.ValueInfoProto], unresolved: set[str]) -> dict | None:
+    """onnxruntime's symbolic inference on just the nodes ONNX could not resolve (a GQA
+    repeat's ``Reshape(x, [0, H, -1, D])``, say), fed with ONNX's shapes for everything they
+    read. The integer tensors they read (shape arithmetic) come with the nodes that compute
+    them, up to Shape, so that the symbolic values can be followed. None when that is not
+    possible (subgraphs, a value without a shape): then the whole graph is inferred."""
+    nodes = list(proto.graph.node)
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    chosen = {i for i, n in enumerate(nodes) if any(o in unresolved for o in n.output)}
+    stack = list(chosen)
+    while stack:
+        n = nodes[stack.pop()]
+        if n.op_type in ("Shape", "Size"):
+            continue  # reads only its input's shape, which is known
+        for name in n.input:
+            j = producer.get(name)
+            info = infos.get(name)
+            if j is not None and j not in chosen and info is not None and info.type.tensor_type.elem_type in _SHAPE_DATA:
+                chosen.add(j)
+                stack.append(j)
+    sub_nodes = [nodes[i] for i in sorted(chosen)]
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in sub_nodes for a in n.attribute):
+        return None
+    produced = {o for n in sub_nodes for o in n.output}
+    initializers = {t.name: t for t in proto.graph.initializer}
+    graph_inputs = {vi.name: vi for vi in proto.graph.input}
+    inputs, inits, seen = [], [], set()
+    for n in sub_nodes:
+        for name in n.input:
+            if not name or name in produced or name in seen:
                 continue
-            info = infos.get(out.name)
-            if info is None or not info.type.HasField("tensor_type"):
-                return False
-            tt = info.type.tensor_type
-            if not tt.HasField("shape"):
-                return False
-            for d in tt.shape.dim:
-                if d.HasField("dim_value"):
-                    continue
-                if not d.HasField("dim_param") or d.dim_param.startswith("unk__"):
-                    return False
-    return True
+            seen.add(name)
+            if name in initializers:
+                inits.append(initializers[name])
+            elif name in graph_inputs or name in infos:
+                inputs.append(graph_inputs.get(name) or infos[name])
+            else:
+                return None
+    outputs = [onnx.ValueInfoProto(name=name) for name in sorted(unresolved & produced)]
+    sub = onnx.helper.make_model(onnx.helper.make_graph(sub_nodes, "unresolved", inputs, outputs, inits),
+                                 opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+    sub.functions.extend(proto.functions)
+    inferred = _symbolic(sub)
+    if inferred is None:
+        return None
+    found = _infos(inferred)
+    if not unresolved <= set(found):
+        return None
+    return {name: found[name] for name in unresolved}
 
 
 def _to_ir_shape(type_proto: onnx.TypeProto) -> tuple[ir.Shape | None, ir.DataType | None]:
@@ -163,11 +218,17 @@ def infer_shapes(model: ir.Model, *, only_missing: bool = False) -> None:
         return
     proto = _proto_without_weights(model)
     inferred = _onnx(proto)
-    if not only_missing and (inferred is None or not _complete(inferred, model)):
-        inferred = _symbolic(proto) or inferred
-    if inferred is None:
+    infos = _infos(inferred) if inferred is not None else None
+    if not only_missing:
+        unresolved = _unresolved(infos, model) if infos is not None else None
+        patch = _symbolic_around(proto, infos, unresolved) if unresolved else None
+        if patch is not None:
+            infos.update(patch)
+        elif infos is None or unresolved:
+            full = _symbolic(proto)
+            infos = _infos(full) if full is not None else infos
+    if infos is None:
         return
-    infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     for node in model.graph:
         for out in node.outputs:
             info = infos.get(out.name)
