@@ -338,6 +338,8 @@ def axis_indices(ax: Axis, space: HeadSpace, head: int) -> list[int] | None:
         return None
     heads, free_offsets = plan
     base = ax.offset + sum(space.index(a, head) * stride for a, stride in heads)
+    if isinstance(free_offsets, range):
+        return list(range(base, base + len(free_offsets)))
     return [base + f for f in free_offsets]
 
 
@@ -364,4 +366,6 @@ def _axis_plan(ax: Axis, space: HeadSpace) -> tuple[list[tuple[Atom, int]], list
             heads.append((a, st))
         else:
             free_offsets = [i + j * st for i in free_offsets for j in range(int(a.extent))]
+    if free_offsets == list(range(len(free_offsets))):
+        return heads, range(len(free_offsets))  # the usual [.., head, dim] channel axis
     return heads, free_offsets

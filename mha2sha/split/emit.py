@@ -91,10 +91,21 @@ class SplitRecord:
     # Graph inputs/outputs replaced by one tensor per (kv) head (KV caches), by original name.
     io_splits: dict[str, IOSplit] = field(default_factory=dict)
 
+    _members: dict[str, set[str]] = field(default_factory=dict, repr=False)  # activations as sets
+
     def add_activation(self, original: str, piece: str) -> None:
-        pieces = self.activations.setdefault(original, [])
-        if piece not in pieces and piece != original:
-            pieces.append(piece)
+        members = self._members.setdefault(original, set())
+        if piece not in members and piece != original:
+            members.add(piece)
+            self.activations.setdefault(original, []).append(piece)
+
+    def rename_piece(self, old: str, new: str) -> None:
+        for original, pieces in self.activations.items():
+            members = self._members.get(original, set())
+            if old in members:
+                pieces[pieces.index(old)] = new
+                members.discard(old)
+                members.add(new)
 
 
 def _shape_of(layout: Layout) -> ir.Shape:
@@ -150,6 +161,7 @@ class BlockSplitter:
         self.io_splits: dict[str, IOSplit] = {}
         self.block = block
         self.space = block.space
+        self._num_heads = block.space.num_heads
         self.names = names
         self.pieces: dict[tuple[int, int, tuple[int, ...]], ir.Value] = {}  # (id(value), layout id, key)
         self.emitted: dict[tuple, ir.Node] = {}
@@ -212,7 +224,7 @@ class BlockSplitter:
         if count is None:
             count = self._distinct_keys[lid] = len(set(keys))
         prefix = "h" if self.space.group == 1 else "g"  # a head, or a group of heads (AR-M)
-        if count == self.space.num_heads:
+        if count == self._num_heads:
             return f"{prefix}{head}"
         return "kv" + "_".join(str(k) for k in key)
 
@@ -222,7 +234,7 @@ class BlockSplitter:
             lid = self._layout_by_content.get(layout)
             if lid is None:
                 lid = self._layout_by_content[layout] = len(self._layout_by_content)
-                self._keys[lid] = [key_of(layout, self.space, h) for h in range(self.space.num_heads)]
+                self._keys[lid] = [key_of(layout, self.space, h) for h in range(self._num_heads)]
             self._layout_ids[id(layout)] = lid
             self._layouts_seen.append(layout)  # keeps the id valid
         return lid
@@ -950,9 +962,7 @@ class BlockSplitter:
             name = self._unique(f"{value.name}_h{index}")
             if piece.producer() in self._new and not piece.is_graph_output():
                 # The head's tensor itself becomes the output, under the output's name.
-                for pieces in self.record.activations.values():
-                    if piece.name in pieces:
-                        pieces[pieces.index(piece.name)] = name
+                self.record.rename_piece(piece.name, name)
                 piece.name = name
                 out = piece
             else:
