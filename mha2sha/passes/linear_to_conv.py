@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mha2sha.graph.derived import LinearAsConv, derive_from, derived_tensor
 from mha2sha.graph.ir_utils import attr, const_array, const_tensor, dims, is_const
 
 
@@ -85,24 +86,27 @@ def _to_nchw(b: _Builder, x: ir.Value, rank: int, anchor: ir.Node) -> ir.Value:
     return u
 
 
-def _weight_for_conv(node: ir.Node) -> tuple[np.ndarray, ir.Value, int] | None:
-    """The [O, I] weight of a projection, its value, and the channel axis it had."""
+def _weight_for_conv(node: ir.Node) -> tuple[ir.TensorProtocol, ir.Value, int, int] | None:
+    """The projection's weight as a Conv weight [O, I, 1, 1] (described, not computed:
+    mha2sha.graph.derived), its value, the channel axis it had, and O."""
     if node.op_type == "MatMul":
         w = node.inputs[1]
         if not is_const(w) or len(dims(w) or []) != 2:
             return None
-        return const_tensor(w).numpy().T, w, -1
-    if node.op_type == "Gemm":
+        transpose, alpha, old_axis = True, 1.0, -1
+    elif node.op_type == "Gemm":
         if attr(node, "transA", 0) or not is_const(node.inputs[1]):
             return None
         w = node.inputs[1]
-        arr = const_tensor(w).numpy()
-        alpha = float(attr(node, "alpha", 1.0))
-        out = arr if attr(node, "transB", 0) else arr.T
-        if alpha != 1.0:
-            out = (out * alpha).astype(arr.dtype)
-        return out, w, 0 if attr(node, "transB", 0) else 1
-    return None
+        transpose = not attr(node, "transB", 0)
+        alpha, old_axis = float(attr(node, "alpha", 1.0)), 0 if not transpose else 1
+    else:
+        return None
+    tensor = const_tensor(w)
+    rows, cols = (int(d) for d in tensor.shape)
+    out_channels, in_channels = (cols, rows) if transpose else (rows, cols)
+    derivation = derive_from(tensor, lambda t: LinearAsConv(t, transpose=transpose, alpha=alpha))
+    return derived_tensor(derivation, [out_channels, in_channels, 1, 1], w.name or "weight"), w, old_axis, out_channels
 
 
 class _NotConvertible(Exception):
@@ -145,6 +149,15 @@ def _take_name(graph: ir.Graph, b: _Builder, old: ir.Value | None, fallback: str
     return name
 
 
+def _register_tensor(graph: ir.Graph, name: str, tensor: ir.TensorProtocol) -> ir.Value:
+    tensor.name = name
+    v = ir.Value(name=name, const_value=tensor)
+    v.shape = ir.Shape(list(tensor.shape))
+    v.dtype = tensor.dtype
+    graph.register_initializer(v)
+    return v
+
+
 def _register(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     v = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
     v.shape = ir.Shape(list(array.shape))
@@ -169,8 +182,7 @@ def linear_to_conv(model: ir.Model, names: set[str], *, encoded: set[str] | froz
         found = _weight_for_conv(node)
         if found is None:
             continue
-        w_oi, w_value, old_axis = found
-        out_channels = w_oi.shape[0]
+        conv_weight, w_value, old_axis, out_channels = found
         try:
             if node.op_type == "MatMul" and node.outputs[0].name in encoded:
                 bias, bias_value, add = None, None, None
@@ -193,7 +205,7 @@ def linear_to_conv(model: ir.Model, names: set[str], *, encoded: set[str] | froz
         orig_w_name = w_value.name
         orig_bias_name = bias_value.name if bias_value is not None else None
         w_name = _take_name(graph, b, w_value, f"{base}.conv_weight")
-        conv_w = _register(graph, w_name, w_oi.reshape(out_channels, -1, 1, 1))
+        conv_w = _register_tensor(graph, w_name, conv_weight)
         inputs = [xin, conv_w]
         if bias is not None:
             bias_name = _take_name(graph, b, bias_value, f"{w_name}.bias")

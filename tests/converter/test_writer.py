@@ -181,3 +181,31 @@ def test_contiguous_head_slices_are_byte_ranges_of_the_input(tmp_path):
     assert per_head
     assert all(locations[name].endswith(".weights") for name in per_head), {n: locations[n] for n in per_head}
     assert result.report["write"]["written_bytes"] < result.report["write"]["linked_bytes"]
+
+
+def test_linear_to_conv_weights_stream_from_the_input(tmp_path):
+    """--replace-linear-with-conv with external data: every Conv weight is the input's
+    MatMul weight transposed to [O, I, 1, 1] (per-head ones: of the head's slice), written
+    from the input file rather than held in memory; outputs as the original's."""
+    built, path = _external_model(tmp_path)
+    original = _weights(path)
+    records = {target: (source, axis, indices) for source, target, axis, indices in _split_records(path)}
+    result = convert(path, tmp_path / "out", ConvertOptions(replace_linear_with_conv=True))
+    assert result.ok, result.report.get("blocks")
+    written = _weights(result.model_path)
+    convs = {n: w for n, w in written.items() if w.ndim == 4}
+    assert convs
+    for name, w in convs.items():
+        if name in original:  # an MLP weight that kept its name
+            np.testing.assert_array_equal(w, original[name].T.reshape(w.shape), err_msg=name)
+        elif name in records:  # a head's projection
+            source, axis, indices = records[name]
+            want = np.take(original[source], indices, axis=axis)
+            np.testing.assert_array_equal(w, want.T.reshape(w.shape), err_msg=name)
+    assert any(n in original for n in convs) and any(n in records for n in convs)
+    assert result.report["write"]["written_bytes"] > 0
+    feeds = built.make_feeds(2)
+    got = _run_ort(result.model_path, feeds)
+    want = run_ort(built.model, feeds)
+    for name in built.output_names:
+        assert close(got[name], want[name], rtol=1e-5, atol=1e-5), name
