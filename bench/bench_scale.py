@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--model", help="use this model instead of generating one")
     ap.add_argument("--work", default="/work/bench_models", help="folder for generated models and outputs")
     ap.add_argument("--link-weights", action="store_true", help="also measure --link-weights")
+    ap.add_argument("--linear-to-conv", action="store_true", help="also measure --replace-linear-with-conv")
     ap.add_argument("--skip-verify", action="store_true")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every step, interleaved (the disk of a virtual machine is noisy)")
     args = ap.parse_args()
@@ -102,6 +103,8 @@ def main() -> None:
 
     if args.link_weights:
         steps["convert --link-weights"] = convert_cmd(", link_weights=True")
+    if args.linear_to_conv:
+        steps["convert --replace-linear-with-conv"] = convert_cmd(", replace_linear_with_conv=True")
     steps["convert"] = convert_cmd("")
     results: dict[str, list[dict]] = {label: [] for label in steps}
     verify_runs: list[dict] = []
