@@ -4,8 +4,8 @@ Generates (or reuses) Llama-shaped models with external data, then measures in o
 `cp` of the model files to a fresh folder on the same disk (and `cp` + `sync`), the
 conversion (no verification) and the per-block verification, each as a separate process
 under /usr/bin/time -v for wall time and peak RSS. The steps are interleaved over several
-rounds (a virtual machine's disk is noisy: `cp` of the same file varies 3x from minute to
-minute); medians and ratios to `cp` are printed.
+rounds, each round starting with another step (a virtual machine's disk is noisy: `cp` of
+the same file varies 3x from minute to minute); medians and ratios to `cp` are printed.
 
     python bench/bench_scale.py --size 1b            # 16 x 2048, 32 heads / 8 kv heads
     python bench/bench_scale.py --size 7b --dtype float16
@@ -108,8 +108,12 @@ def main() -> None:
     steps["convert"] = convert_cmd("")
     results: dict[str, list[dict]] = {label: [] for label in steps}
     verify_runs: list[dict] = []
+    labels = list(steps)
     for _round in range(args.rounds):
-        for label, cmd in steps.items():
+        # Each round starts with a different step: whatever runs first after a round's
+        # large deletions was seen to run up to 2x slower (a position effect, not the step's).
+        for label in labels[_round % len(labels):] + labels[:_round % len(labels)]:
+            cmd = steps[label]
             for folder in (cp_dir, out):
                 shutil.rmtree(folder, ignore_errors=True)
             cp_dir.mkdir(parents=True)
