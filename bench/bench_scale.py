@@ -109,10 +109,11 @@ def main() -> None:
     results: dict[str, list[dict]] = {label: [] for label in steps}
     verify_runs: list[dict] = []
     labels = list(steps)
-    for _round in range(args.rounds):
+    for round_index in range(args.rounds):
         # Each round starts with a different step: whatever runs first after a round's
         # large deletions was seen to run up to 2x slower (a position effect, not the step's).
-        for label in labels[_round % len(labels):] + labels[:_round % len(labels)]:
+        shift = round_index % len(labels)
+        for label in labels[shift:] + labels[:shift]:
             cmd = steps[label]
             for folder in (cp_dir, out):
                 shutil.rmtree(folder, ignore_errors=True)
