@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mha2sha.analysis import opaxes
 from mha2sha.errors import UsageError
 from mha2sha.graph.ir_utils import attr, const_array, describe, dims, is_const, norm_axis
 
@@ -322,16 +323,10 @@ def _map_through_reshape(src: list[int], i: int, label: Label, dst: list[int], x
     return [first] + [c for c in candidates if c[0] != pick]
 
 
-_SAME_SHAPE = {
-    "Identity", "Cast", "CastLike", "Neg", "Abs", "Sqrt", "Reciprocal", "Exp", "Log", "Tanh", "Sigmoid",
-    "Relu", "Erf", "Gelu", "Sin", "Cos", "Not", "IsNaN", "IsInf", "Softmax", "LogSoftmax", "Floor", "Ceil",
-    "Round", "Sign", "Clip", "LeakyRelu", "Elu", "HardSigmoid", "Softplus", "Selu", "Mish", "Dropout",
-    "QuantizeLinear", "DequantizeLinear", "HardSwish", "Silu", "FastGelu", "QuickGelu", "BiasGelu",
-}
-_BROADCAST = {
-    "Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-    "And", "Or", "Xor", "Max", "Min", "Mod", "Sum", "Mean", "PRelu", "BitShift",
-}
+# Output axes = input 0's axes (unary elementwise ops, softmax), or the broadcast of the inputs:
+# read from the one op-axis table.
+_SAME_SHAPE = opaxes.UNARY | {op for op, e in opaxes.TABLE.items() if e.kind == "softmax"}
+_BROADCAST = opaxes.ELEMENTWISE - opaxes.UNARY
 _REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare", "ReduceLogSum"}
 _NO_SEQUENCE = {"Shape", "Size", "Constant"}  # outputs carry no sequence axis
 

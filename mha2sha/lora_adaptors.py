@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from mha2sha.analysis import opaxes
 from mha2sha.errors import InputError, OutputError
 from mha2sha.graph.ir_utils import attr, const_tensor, dims, is_const
 
@@ -344,9 +345,6 @@ def _scalar_operand(node: ir.Node, other: ir.Value) -> ir.Value | None:
     return cand if _is_scalar(cand) else None
 
 
-_ELEMENTWISE = {"Mul", "Div", "Add", "Sub", "Cast", "Identity", "Neg", "Sqrt", "Reciprocal", "Pow", "CastLike", "Abs"}
-
-
 def _is_scalar(value: ir.Value, depth: int = 0) -> bool:
     """Whether ``value`` holds one element: from its shape, or (shapes not inferred) from
     elementwise ops of one-element operands."""
@@ -354,7 +352,7 @@ def _is_scalar(value: ir.Value, depth: int = 0) -> bool:
     if d is not None and all(isinstance(x, int) for x in d):
         return math.prod(d) == 1
     node = value.producer()
-    if node is None or depth > 8 or node.op_type not in _ELEMENTWISE:
+    if node is None or depth > 8 or node.op_type not in opaxes.ELEMENTWISE:
         return False
     return all(v is not None and _is_scalar(v, depth + 1) for v in node.inputs if v is not None)
 

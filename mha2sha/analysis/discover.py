@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-from mha2sha.analysis import rules
+from mha2sha.analysis import opaxes, rules
 from mha2sha.analysis.layout import Atom, Axis, HeadSpace, Layout, free, head_atoms, per_head_layout
 from mha2sha.analysis.rules import Unsupported
 from mha2sha.graph.ir_utils import attr, const_array, describe, dims, is_const
@@ -210,7 +210,7 @@ def _bfs_core_matmul(start: ir.Value) -> ir.Node | None:
             seen.add(id(node))
             if node.op_type == "MatMul" and not is_const(node.inputs[0]) and not is_const(node.inputs[1]):
                 return node
-            if node.op_type in rules.ELEMENTWISE:
+            if node.op_type in opaxes.ELEMENTWISE:
                 nxt.extend(i for i in node.inputs if i is not None and not is_const(i))
             elif node.op_type in ("Reshape", "Transpose", "Unsqueeze", "Squeeze"):
                 # Scores viewed as [B, H, S, T] to add a mask, then back to [B*H, S, T] (BART).
@@ -236,7 +236,7 @@ def _forward_to_pv(probs: ir.Value) -> tuple[ir.Node, list[ir.Node]] | None:
                         chain.append(prod)
                         cur = parents[id(prod)][1]
                     return node, _between(probs, node.inputs[0])
-                if node.op_type in rules.ELEMENTWISE and id(node) not in parents:
+                if node.op_type in opaxes.ELEMENTWISE and id(node) not in parents:
                     parents[id(node)] = (node, v)
                     nxt.extend(node.outputs)
         frontier = nxt
@@ -358,7 +358,7 @@ def _walk_down(walker: _Walker, start: ir.Value, layout: Layout, space: HeadSpac
         if len(uses) != 1 or value.is_graph_output():
             break
         node, index = uses[0].node, uses[0].idx
-        if index != 0 or node.op_type not in rules.FORWARD_OPS:
+        if index != 0 or node.op_type not in opaxes.FORWARD:
             break
         try:
             nxt = rules.forward(node, layout)

@@ -1,9 +1,11 @@
 """How each op carries axis layouts from its output(s) back to its inputs.
 
-A rule receives the layout of the output the walk arrived on and returns one entry per
-input: the input's layout, or None for operands that are not data (shapes, axes, indices
-that are rebuilt per head). A rule raises ``Unsupported`` with a reason a user can act on;
-the walk then stops there (the tensor becomes a leaf sliced at run time, or, on the path
+Which ops the walk sees through, and what kind of axis map each one is, is the table in
+opaxes.py; here is one rule per *kind* of op. A rule receives the layout of the output the
+walk arrived on and returns one entry per input: the input's layout, or None for operands
+that are not data (the table's parameters: shapes, axes, indices that are rebuilt per head,
+per-tensor quantization scales). A rule raises ``Unsupported`` with a reason a user can act
+on; the walk then stops there (the tensor becomes a leaf sliced at run time, or, on the path
 that must reach a projection, the block is reported and left unchanged).
 
 Each rule also lists the axes its op works *along* (softmax, reductions, normalization):
@@ -16,7 +18,9 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
+from mha2sha.analysis import opaxes
 from mha2sha.analysis.layout import Atom, Axis, Layout, free, product, sizes_equal
+from mha2sha.analysis.opaxes import OpAxes
 from mha2sha.analysis.regroup import RegroupError, regroup
 from mha2sha.graph.ir_utils import attr, const_array, dims, node_opset, norm_axis
 
@@ -34,18 +38,6 @@ class RuleResult:
     # part of the per-head path; for other ops (Expand of a GQA repeat, a 5-D MatMul) the
     # broadcast input is the path itself.
     broadcast_is_leaf: bool = False
-
-
-ELEMENTWISE = {
-    "Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "LessOrEqual", "Greater",
-    "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Mod", "PRelu", "Sum", "Mean",
-    "Neg", "Abs", "Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu", "Gelu",
-    "Sin", "Cos", "IsNaN", "IsInf", "Not", "Cast", "Identity", "Floor", "Ceil", "Round", "Sign",
-    "Softplus", "Elu", "LeakyRelu", "HardSigmoid", "Clip", "Dropout", "CastLike", "BitwiseNot",
-}
-# Operands of elementwise ops that are not data (CastLike's type reference is data-free but
-# its layout is irrelevant; Clip's bounds are scalars).
-_SCALAR_OPERANDS = {"Clip": (1, 2), "CastLike": (1,), "Dropout": (1, 2)}
 
 
 def _dims_or_fail(value: ir.Value) -> list:
@@ -73,12 +65,22 @@ def align_operand(out: Layout, out_dims: list, operand: ir.Value) -> Layout:
     return tuple(axes)
 
 
-def _elementwise(node: ir.Node, out: Layout) -> RuleResult:
+def _one_element(value: ir.Value) -> bool:
+    d = dims(value)
+    if d is None:
+        return False
+    return all(isinstance(x, int) for x in d) and product(d) == 1
+
+
+def _elementwise(node: ir.Node, out: Layout, entry: OpAxes) -> RuleResult:
     out_dims = [ax.full_size for ax in out]
-    skip = _SCALAR_OPERANDS.get(node.op_type, ())
     inputs: list[Layout | None] = []
     for i, v in enumerate(node.inputs):
-        if v is None or i in skip:
+        if v is None:
+            inputs.append(None)
+        elif entry.is_param(i):
+            if entry.scalar_params and not _one_element(v):
+                raise Unsupported(f"{node.op_type} with a per-axis or blocked {v.name!r} (only per-tensor parameters are shared by the heads)")
             inputs.append(None)
         else:
             inputs.append(align_operand(out, out_dims, v))
@@ -113,10 +115,6 @@ def _reshape(node: ir.Node, out: Layout) -> RuleResult:
         return RuleResult([regroup(out, out_dims, in_dims), None])
     except RegroupError as exc:
         raise Unsupported(f"Reshape {in_dims} -> {out_dims}: {exc}") from None
-
-
-def _flatten(node: ir.Node, out: Layout) -> RuleResult:
-    return _reshape(node, out)
 
 
 def _raw_axes(node: ir.Node) -> list[int] | None:
@@ -356,43 +354,43 @@ def _trilu(node: ir.Node, out: Layout) -> RuleResult:
     return RuleResult([out] + [None] * (len(node.inputs) - 1), along=[len(out) - 2, len(out) - 1])
 
 
-_RULES = {
-    "Softmax": _softmax, "LogSoftmax": _softmax, "Transpose": _transpose, "Reshape": _reshape,
-    "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Expand": _expand, "Tile": _tile,
-    "Concat": _concat, "Slice": _slice, "Gather": _gather, "MatMul": _matmul,
-    "LayerNormalization": _normalization, "RMSNormalization": _normalization,
-    "SimplifiedLayerNormalization": _normalization, "ReduceMean": _reduce, "ReduceSum": _reduce,
-    "ReduceMax": _reduce, "ReduceMin": _reduce, "ReduceSumSquare": _reduce, "ReduceL2": _reduce,
-    "RotaryEmbedding": _rotary, "CumSum": _cumsum, "Trilu": _trilu,
+# One rule per kind of the op-axis table (opaxes.TABLE says which ops are of which kind).
+_BY_KIND = {
+    "softmax": _softmax, "transpose": _transpose, "reshape": _reshape, "unsqueeze": _unsqueeze,
+    "squeeze": _squeeze, "expand": _expand, "tile": _tile, "concat": _concat, "slice": _slice,
+    "gather": _gather, "matmul": _matmul, "norm": _normalization, "reduce": _reduce,
+    "rotary": _rotary, "cumsum": _cumsum, "trilu": _trilu,
 }
 
 
 def backward(node: ir.Node, out_index: int, out: Layout) -> RuleResult:
     """Input layouts of ``node`` given the layout of its output ``out_index``."""
-    if node.domain not in ("", "ai.onnx", "com.microsoft"):
+    if node.domain not in opaxes.DOMAINS:
         raise Unsupported(f"op {node.domain}::{node.op_type} is from an unknown domain")
-    op = node.op_type
-    if op == "Split":
+    entry = opaxes.lookup(node)
+    if entry is None:
+        raise Unsupported(f"no rule for {node.op_type}")
+    if entry.kind == "split":
         return _split(node, out, out_index)
-    if out_index != 0 and op not in ("Dropout", "LayerNormalization"):
-        raise Unsupported(f"{op} output {out_index}")
-    if op in ELEMENTWISE:
-        return _elementwise(node, out)
-    rule = _RULES.get(op)
-    if rule is None:
-        raise Unsupported(f"no rule for {op}")
-    return rule(node, out)
+    if entry.outputs is not None and out_index not in entry.outputs:
+        raise Unsupported(f"{node.op_type} output {out_index}")
+    if entry.kind == opaxes.ELEMENTWISE_KIND:
+        return _elementwise(node, out, entry)
+    return _BY_KIND[entry.kind](node, out)
 
 
 # ---------------------------------------------------------------------------------------
 # Forward rules: only for the layout ops between the attention core and the merge point.
 
-FORWARD_OPS = {"Transpose", "Reshape", "Unsqueeze", "Squeeze", "Cast", "Identity", "Flatten", "Dropout"}
-
-
 def forward(node: ir.Node, inp: Layout) -> Layout:
+    """Output layout of a layout op (opaxes.FORWARD) given the layout of its data input."""
+    entry = opaxes.lookup(node)
+    if entry is None or not entry.forward:
+        raise Unsupported(f"no forward rule for {node.op_type}")
     op = node.op_type
-    if op in ("Cast", "Identity", "Dropout"):
+    if entry.kind == opaxes.ELEMENTWISE_KIND:
+        if entry.scalar_params and not all(_one_element(v) for i, v in enumerate(node.inputs) if v is not None and entry.is_param(i)):
+            raise Unsupported(f"{op} with per-axis parameters")
         return inp
     if op == "Transpose":
         perm = attr(node, "perm") or list(reversed(range(len(inp))))
@@ -430,4 +428,4 @@ def channel_axis(node: ir.Node, out_rank: int) -> int | None:
     return None
 
 
-__all__ = ["Unsupported", "RuleResult", "backward", "forward", "align_operand", "ELEMENTWISE", "product", "Atom"]
+__all__ = ["Unsupported", "RuleResult", "backward", "forward", "align_operand", "channel_axis", "product", "Atom"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mha2sha.analysis import opaxes
 from mha2sha.analysis.discover import Block, Instance, Leaf, Projection
 from mha2sha.analysis.layout import (
     Axis,
@@ -531,7 +532,9 @@ class BlockSplitter:
             self._set_piece(node.outputs[idx], inst.outputs[idx], head, piece)
 
     def _run_handler(self, inst: Instance, ins: list, head: int, tag: str, *, record: bool) -> dict[int, ir.Value]:
-        handler = getattr(self, f"_op_{inst.node.op_type}", self._op_same)
+        # A handler for the op itself, else the one for its kind in the op-axis table.
+        op = inst.node.op_type
+        handler = getattr(self, f"_op_{op}", None) or getattr(self, f"_op_{opaxes.kind_of(op)}", self._op_same)
         if not record:
             return handler(inst, ins, head, tag)
         outer = (self._recording, self._bases, self._replayable)
@@ -657,7 +660,7 @@ class BlockSplitter:
         default = -1 if node_opset(inst.node) >= 13 else 1
         return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", default), rank, removed)})
 
-    _op_LogSoftmax = _op_Softmax
+    _op_softmax = _op_Softmax
 
     def _op_Transpose(self, inst, ins, head, tag):
         rank, removed_in = self._in_removed(inst)
@@ -780,10 +783,9 @@ class BlockSplitter:
             return dim
         raise SplitError("a per-head Reshape size cannot be derived from its input's shape", inst.node)
 
-    _op_Reshape = _reshape_to
-    _op_Flatten = _reshape_to
-    _op_Squeeze = _reshape_to
-    _op_Unsqueeze = _reshape_to
+    _op_reshape = _reshape_to
+    _op_squeeze = _reshape_to
+    _op_unsqueeze = _reshape_to
 
     def _op_Expand(self, inst, ins, head, tag):
         in_per, _ = per_head_layout(inst.inputs[0], self.space)
@@ -884,8 +886,7 @@ class BlockSplitter:
         rank, removed = self._in_removed(inst)
         return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", -1), rank, removed)})
 
-    _op_RMSNormalization = _op_LayerNormalization
-    _op_SimplifiedLayerNormalization = _op_LayerNormalization
+    _op_norm = _op_LayerNormalization
 
     def _op_reduce(self, inst, ins, head, tag):
         rank, removed = self._in_removed(inst)
@@ -898,12 +899,6 @@ class BlockSplitter:
             return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], new_axes])
         return self._clone(inst, ins, head, tag)
 
-    _op_ReduceMean = _op_reduce
-    _op_ReduceSum = _op_reduce
-    _op_ReduceMax = _op_reduce
-    _op_ReduceMin = _op_reduce
-    _op_ReduceSumSquare = _op_reduce
-    _op_ReduceL2 = _op_reduce
 
     def _op_CumSum(self, inst, ins, head, tag):
         rank, removed = self._in_removed(inst)
