@@ -587,13 +587,13 @@ def analyze_attention_op(name: str, node: ir.Node, group: int = 1) -> Block:
         if inp is None:
             inputs.append(None)
             continue
+        # Per head, the mask and the caches lose their head axis (the emitter decomposes
+        # the op into 3-D MatMul/Softmax per head, mha2sha.split.attention_op).
         if idx == 3:  # attn_mask, broadcast to [B, H, S, T]
             inputs.append(rules.align_operand(scores_like, [None] * 4, inp))
-            keep.add(idx)
         elif idx in (4, 5):  # past key / value [B, KV, P, D]
             pd = dims(inp)
             inputs.append((batch, Axis((kv_atom,)), Axis((free(pd[2]),)), Axis((free(pd[3]),))))
-            keep.add(idx)
         else:
             inputs.append(None)
     outputs: dict[int, Layout] = {0: ly}

@@ -913,29 +913,10 @@ class BlockSplitter:
         return self._clone(inst, ins, head, tag)
 
     def _op_Attention(self, inst, ins, head, tag):
-        node = inst.node
-        attrs = {"q_num_heads": 1, "kv_num_heads": 1}
-        # Per head, Q/K/V are 3-D [B, S, D]; caches and mask keep their rank with one head.
-        outs = []
-        for idx, original in enumerate(node.outputs):
-            layout = inst.outputs.get(idx)
-            if layout is None:
-                outs.append(self._value(self._name(tag, original.name, "attn_out"), original))
-                continue
-            per, removed = per_head_layout(layout, self.space)
-            if idx in (1, 2):
-                per = per[:1] + (Axis(()),) + per[1:]
-            outs.append(self._value(self._name(tag, original.name, "attn_out"), original, per))
-        attributes = {k: a for k, a in node.attributes.items()}
-        attributes.update(attrs)
-        self._node("Attention", ins, attributes, f"{self.block.name}.{tag}.{node.name or 'Attention'}", outs, version=node.version)
-        results = {0: outs[0]}
-        for idx in (1, 2):
-            if idx in inst.outputs:
-                squeezed = self._value(self._name(tag, node.outputs[idx].name, "present"), node.outputs[idx])
-                self._node("Squeeze", [outs[idx], self._ints(tag, "axes", [1])], None, f"{self.block.name}.{tag}.Squeeze", [squeezed])
-                results[idx] = squeezed
-        return results
+        # Primitive ops per head, not a one-head Attention node (QNN cannot run those).
+        from mha2sha.split import attention_op
+
+        return attention_op.emit(self, inst, ins, head, tag)
 
     # -- putting heads back together -------------------------------------------------
     def per_head_outputs(self, value: ir.Value, layout: Layout) -> IOSplit | None:

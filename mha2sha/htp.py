@@ -1,0 +1,229 @@
+"""Run a model on Qualcomm's HTP backend, the real consumer of the SHA models.
+
+onnxruntime-qnn (optional: ``pip install onnxruntime-qnn==2.7.0``) bundles QAIRT's HTP
+backend as an x86 emulator: every op is validated by QNN, the graph is finalized by the
+real HTP graph preparer and executed functionally. Nothing here is needed by the
+converter; everything answers "unavailable" when the package is absent.
+
+Each model runs in a child process (``python -m mha2sha.htp``) because
+
+- the preparer's log is the only place its cost estimates appear, and QNN writes it
+  through onnxruntime's process-wide default logger, which must be verbose *before* the
+  QNN library is registered and writes to the process's stderr;
+- a backend failure must not take the caller down.
+
+The session demands the whole graph on HTP: CPU fallback disabled in the session options
+and ``InferenceSession.disable_fallback()`` (otherwise a failed QNN run silently reruns on
+the CPU). Float graphs run in fp16 (``enable_htp_fp16_precision``); ``soc_model`` 60 with
+``htp_arch`` 73 is a chip with fp16 (without a SoC the emulator assumes one without).
+
+Timing is meaningless on x86; the preparer's log gives deterministic signals instead:
+
+    runlist       ops kept in the final run list ("finalize_runlist: ... runlist = N + ...")
+    in_runlist    ops entering the run list before the preparer's own fusions
+    ddr_read / ddr_write   estimated DDR traffic of one inference, bytes
+    spill / fill  bytes spilled to and filled back from DDR (VTCM overflow)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SOC_MODEL = "60"
+HTP_ARCH = "73"
+_RUNLIST = re.compile(r"finalize_runlist: in_runlist=(\d+), runlist = (\d+) \+ (\d+) vec \+ (\d+) mtx \+ (\d+) elt")
+_BYTES = re.compile(r"^(spill_bytes|fill_bytes|write_total_bytes|read_total_bytes)=(\d+)\s*$")
+_BENIGN = re.compile(r"unexpected GraphHtpSettings option")  # the EP passes an option this backend ignores
+_QNN_ERROR = re.compile(r"QnnLogging\]\s+<E>\s+(.*)$")
+# onnxruntime's QNN EP names every node it refuses, with QNN's reason, at warning level.
+_UNSUPPORTED = re.compile(r"\] (?:Validation FAILED for|.*?is not supported|.*?unsupported).*")
+
+
+def unavailable_reason() -> str | None:
+    """None when onnxruntime-qnn can run models here, else why not (one line)."""
+    try:
+        import onnxruntime_qnn  # noqa: F401
+    except ImportError:
+        return "onnxruntime-qnn is not installed (pip install onnxruntime-qnn==2.7.0)"
+    try:
+        import onnxruntime as ort
+
+        if not hasattr(ort, "register_execution_provider_library"):
+            return f"onnxruntime {ort.__version__} cannot load execution provider libraries"
+    except ImportError:
+        return "onnxruntime is not installed"
+    return None
+
+
+@dataclass
+class HtpRun:
+    """What the HTP backend made of one model."""
+
+    runs_whole: bool                  # session created with CPU fallback disabled, and ran
+    error: str | None = None          # the first line of the failure, when not
+    qnn_errors: list[str] = field(default_factory=list)   # QNN's own error messages
+    rejected: list[str] = field(default_factory=list)     # nodes QNN refused, with reasons
+    runlist: int | None = None
+    in_runlist: int | None = None
+    ddr_read: int | None = None
+    ddr_write: int | None = None
+    spill: int | None = None
+    fill: int | None = None
+    context_bytes: int | None = None  # size of the compiled context binary, when asked
+    outputs: dict[str, np.ndarray] | None = None
+
+    def signals(self) -> dict:
+        d = asdict(self)
+        d.pop("outputs")
+        return d
+
+
+def parse_log(lines) -> dict:
+    """The preparer's figures and QNN's errors from a verbose onnxruntime-qnn log."""
+    out: dict = {"qnn_errors": [], "rejected": []}
+    names = {"spill_bytes": "spill", "fill_bytes": "fill", "write_total_bytes": "ddr_write",
+             "read_total_bytes": "ddr_read"}
+    for line in lines:
+        m = _RUNLIST.search(line)
+        if m:
+            # A model split into several QNN graphs reports one run list each: sum them.
+            out["in_runlist"] = out.get("in_runlist", 0) + int(m.group(1))
+            out["runlist"] = out.get("runlist", 0) + sum(int(g) for g in m.group(2, 3, 4, 5))
+            continue
+        text = line.split("QnnLogging] ", 1)[-1]
+        m = _BYTES.match(text)
+        if m:
+            key = names[m.group(1)]
+            out[key] = out.get(key, 0) + int(m.group(2))
+            continue
+        m = _QNN_ERROR.search(line)
+        if m and m.group(1).strip() not in out["qnn_errors"] and not _BENIGN.search(m.group(1)):
+            out["qnn_errors"].append(m.group(1).strip())
+            continue
+        if "[W:" in line or "[E:" in line:
+            m = _UNSUPPORTED.search(line)
+            if m and "QnnLogging" not in line:
+                reason = m.group(0)[2:].strip()
+                if reason not in out["rejected"]:
+                    out["rejected"].append(reason)
+    return out
+
+
+def static_copy(model_path: str | Path, shapes: dict[str, tuple[int, ...]], out_path: Path) -> Path:
+    """A copy of the model with every graph input fixed to the given shape (QNN needs static
+    shapes); symbolic dims elsewhere are dropped so that onnxruntime infers them again."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    for info in model.graph.input:
+        if info.name in shapes:
+            dims = info.type.tensor_type.shape.dim
+            for d, v in zip(dims, shapes[info.name]):
+                d.Clear()
+                d.dim_value = int(v)
+    del model.graph.value_info[:]
+    for info in model.graph.output:
+        for d in info.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
+    big = model.ByteSize() > 1_500_000_000 or any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    onnx.save(model, str(out_path), save_as_external_data=big, location=out_path.name + ".data" if big else None)
+    return out_path
+
+
+def run(model_path: str | Path, feeds: dict[str, np.ndarray], *, context: str | Path | None = None,
+        keep_outputs: bool = True, timeout: float = 900, workdir: str | Path | None = None) -> HtpRun:
+    """Run ``model_path`` on HTP (child process) with ``feeds``; raises RuntimeError when
+    onnxruntime-qnn is unavailable (callers check :func:`unavailable_reason` first).
+
+    ``context``: also compile the graph to a QNN context binary and write the context model
+    (an EPContext node embedding the binary) there; ``context_bytes`` is its size."""
+    reason = unavailable_reason()
+    if reason:
+        raise RuntimeError(reason)
+    with tempfile.TemporaryDirectory(prefix="mha2sha_htp_", dir=workdir) as tmp:
+        tmp = Path(tmp)
+        model = static_copy(model_path, {k: v.shape for k, v in feeds.items()}, tmp / "model.onnx")
+        np.savez(tmp / "feeds.npz", **feeds)
+        request = {"model": str(model), "feeds": str(tmp / "feeds.npz"), "outputs": str(tmp / "outputs.npz"),
+                   "context": str(Path(context).resolve()) if context else None}
+        (tmp / "request.json").write_text(json.dumps(request))
+        log_path = tmp / "log.txt"
+        with open(log_path, "wb") as log:
+            try:
+                proc = subprocess.run([sys.executable, "-m", "mha2sha.htp", str(tmp / "request.json")],
+                                      stdout=subprocess.PIPE, stderr=log, timeout=timeout,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            except subprocess.TimeoutExpired:
+                return HtpRun(runs_whole=False, error=f"HTP run exceeded {timeout:.0f} s")
+        with open(log_path, errors="replace") as f:
+            found = parse_log(f)
+        try:
+            status = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            status = {"ok": False, "error": f"HTP child exited with {proc.returncode}: {tail[0][:300]}"}
+        result = HtpRun(runs_whole=bool(status.get("ok")), error=status.get("error"),
+                        context_bytes=status.get("context_bytes"), **found)
+        if result.runs_whole and keep_outputs:
+            with np.load(tmp / "outputs.npz") as z:
+                result.outputs = {k: z[k] for k in z.files}
+        return result
+
+
+def _child(request_path: str) -> int:
+    """Runs in the child process: build the session, run once, print one JSON line."""
+    req = json.loads(Path(request_path).read_text())
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(0)  # QNN's log goes through the default logger: before registering
+    import onnxruntime_qnn as qnn
+
+    try:
+        ort.register_execution_provider_library("QNNExecutionProvider", qnn.get_library_path())
+    except Exception as e:  # noqa: BLE001 - already registered in this process
+        if "already" not in str(e):
+            raise
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    options = {"backend_path": qnn.get_qnn_htp_path(), "soc_model": SOC_MODEL, "htp_arch": HTP_ARCH,
+               "enable_htp_fp16_precision": "1"}
+    so = ort.SessionOptions()
+    so.log_severity_level = 0  # the EP sets QNN's own log level from the session's
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if req.get("context"):
+        so.add_session_config_entry("ep.context_enable", "1")
+        so.add_session_config_entry("ep.context_file_path", req["context"])
+        so.add_session_config_entry("ep.context_embed_mode", "1")
+    so.add_provider_for_devices(devices, options)
+    status: dict = {"ok": False}
+    try:
+        session = ort.InferenceSession(req["model"], so)
+        session.disable_fallback()
+        if "QNNExecutionProvider" not in session.get_providers():
+            raise RuntimeError(f"QNN was not used: providers {session.get_providers()}")
+        with np.load(req["feeds"]) as z:
+            feeds = {k: z[k] for k in z.files}
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(names, feeds)
+        np.savez(req["outputs"], **dict(zip(names, values)))
+        status["ok"] = True
+        if req.get("context") and Path(req["context"]).exists():
+            status["context_bytes"] = Path(req["context"]).stat().st_size
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which decides
+        status["error"] = " ".join(str(e).split())[:2000]
+    sys.stderr.flush()
+    print(json.dumps(status), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))
