@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build-ar", type=int, help="attention ratio M: heads per attention block after the split (1 = single-head)")
     p.add_argument("--ar-tokens", type=int, help="rebuild a cached decoder for this many new tokens per step")
     strict = p.add_mutually_exclusive_group()
-    strict.add_argument("--strict", dest="strict", action="store_true", default=None, help="a flag's expectation that the model does not meet is an error")
-    strict.add_argument("--not-strict", dest="strict", action="store_false", help="mismatched expectations are warnings")
+    strict.add_argument("--strict", dest="strict", action="store_true", default=None, help="strict RoPE pattern checks (the reference meaning): with --handle-rope-ops every converted block must carry RoPE in a recognised form, else the run fails. Other unmet expectations never fail a verified run")
+    strict.add_argument("--not-strict", dest="strict", action="store_false", help="no strict RoPE check (overrides a preset)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     return p
 

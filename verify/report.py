@@ -22,7 +22,9 @@ def overall_status(report: dict) -> str:
         return "fail"
     if not report.get("blocks"):
         return "fail"
-    if report.get("strict_expectations") and any(not e["found"] for e in report.get("expectations", [])):
+    # An unmet flag expectation fails the run only where the converter says so (``fails_run``:
+    # the strict RoPE check); older reports without the field: every unmet one under strict.
+    if any(e.get("fails_run", bool(report.get("strict_expectations")) and not e["found"]) for e in report.get("expectations", [])):
         return "fail"
     if report.get("encodings_coverage", {}).get("status") == "fail":
         return "fail"
@@ -78,7 +80,7 @@ def markdown(report: dict) -> str:
     expectations = report.get("expectations")
     if expectations:
         lines += ["", "## Flag expectations" + (" (strict)" if report.get("strict_expectations") else ""), ""]
-        lines += [f"- {e['flag']}: expects {e['expects']}: {'found' if e['found'] else 'NOT FOUND'}" for e in expectations]
+        lines += [f"- {e['flag']}: expects {e['expects']}: {'found' if e['found'] else 'NOT FOUND'}" + (f" ({e['hint']})" if e.get("hint") else "") for e in expectations]
     skipped = report.get("skipped_blocks", [])
     lines += ["", "## Softmaxes not converted", ""]
     lines += [f"- {s['name']} {s['anchor']}: {s['reason']}" + (f" (stopped at {s['stopped_at']})" if s.get("stopped_at") else "") for s in skipped] or ["none"]
@@ -123,7 +125,10 @@ def verdict_table(report: dict) -> str:
     coverage = report.get("encodings_coverage")
     if coverage:
         rows.append(f"  encodings  {coverage['status']}" + (f" ({coverage['missing_count']} SHA tensors without the encoding of their MHA tensor)" if coverage["status"] != "pass" else ""))
-    unmet = [e["flag"] for e in report.get("expectations", []) if not e["found"]]
+    hinted = [e for e in report.get("expectations", []) if not e["found"] and e.get("hint")]
+    for e in hinted:
+        rows.append(f"  flags      {'fail' if e.get('fails_run') else 'note'}: {e['hint']}")
+    unmet = [e["flag"] for e in report.get("expectations", []) if not e["found"] and not e.get("hint")]
     if unmet:
         strict = report.get("strict_expectations")
         rows.append(f"  flags      {'fail' if strict else 'warn'} ({', '.join(unmet)} given, but the model has no {', no '.join(e['expects'] for e in report['expectations'] if not e['found'])}"

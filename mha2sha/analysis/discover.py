@@ -379,8 +379,8 @@ def _features(walker: _Walker, space: HeadSpace) -> dict[str, str]:
         rope = "RotaryEmbedding op"
     elif {"Neg", "Concat"} <= q_ops:
         rope = "rotate-half"
-    elif {"Neg"} <= q_ops and "Slice" in q_ops:
-        rope = "half-split"
+    elif ({"Neg"} <= q_ops or {"Mul", "Sub"} <= q_ops) and "Slice" in q_ops:
+        rope = "half-split"  # x1*cos - x2*sin, x1*sin + x2*cos (with Neg or with Sub)
     elif "Mul" in q_ops and ("Gather" in q_ops or "Slice" in q_ops):
         rope = "rotary (other form)"
     masks = [leaf for leaf in walker.leaves.values() if leaf.path == "scores"]
