@@ -25,12 +25,12 @@ from mha2sha.errors import (
 )
 from mha2sha.graph.io import (
     EXTERNAL_DATA_THRESHOLD,
-    StagedOutput,
     load_model,
     prepare_output_dir,
     safe_output_name,
     save_model,
 )
+from mha2sha.outputs import OutputTransaction, disk_full, write_text
 from mha2sha.passes.cleanup import cleanup
 from mha2sha.passes.linear_to_conv import ConvRecord, linear_to_conv
 from mha2sha.pipeline import BlockReport, SplitResult, _all_names, split_model
@@ -65,6 +65,7 @@ class ConvertOptions:
     lora_alpha_from_input: bool = False  # lift every LoRA alpha to a graph input first
     lora_adaptors: str | Path | None = None  # YAML list of LoRA adaptors to convert with the model
     optimize_o_proj: bool = False  # per-head layout into a Conv o_proj instead of the merged chain
+    overwrite: bool = False  # replace files in OUTDIR that mha2sha did not write (never an input)
     expectations: object | None = None  # mha2sha.compat.ReferenceFlags whose expectations are checked
     prepared: dict | None = None  # set internally: what mha2sha.prepare changed (for the report)
 
@@ -152,8 +153,6 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     Bad input raises before anything is written. Once the output folder exists, a
     verification report is always written there, saying which stage failed if one did.
     """
-    from verify.report import write_report
-
     opts = options or ConvertOptions(**kwargs)
     started = time.perf_counter()
     model_path = Path(model_path)
@@ -173,6 +172,22 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     out_dir = prepare_output_dir(output_dir, inputs)
     if opts.name is not None:
         _refuse_overwriting_inputs(out_dir, safe_output_name(opts.name), inputs)
+    # Everything this run writes is staged and moved in as one step at the end (see mha2sha.outputs).
+    staged = OutputTransaction(out_dir, inputs, overwrite=opts.overwrite)
+    try:
+        return _convert_into(staged, model_path, opts, loaded, encodings, encodings_warnings, adaptor_specs, inputs, started)
+    finally:
+        staged.discard()
+
+
+def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOptions, loaded, encodings, encodings_warnings,
+                  adaptor_specs, inputs: list[Path], started: float) -> ConversionResult:
+    from verify.report import REPORT_JSON, REPORT_MD, write_report
+
+    out_dir = staged.out_dir
+    if opts.name is not None:
+        for suffix in (".onnx", ".onnx.data", ".encodings"):
+            staged.check_target(safe_output_name(opts.name) + suffix)
     progress = Progress(bar=opts.progress)
     report = _base_report(model_path, opts)
     if encodings_warnings:
@@ -215,58 +230,53 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
             report["optimize_o_proj"] = _optimize_o_proj(model, split, encodings, original_names)
         kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
         name = safe_output_name(opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache))
-        staged = StagedOutput(out_dir, inputs)
-        try:
-            stage = "save"
-            t0 = time.perf_counter()
-            with progress.stage("saving weights") as p:
-                model_file, write_stats = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD,
-                                                     link_weights=opts.link_weights, progress=p)
-            report["write"] = write_stats
-            timings["save"] = time.perf_counter() - t0
-            mapping = name_mapping(split, conv_record)
-            with open(staged.path(MAPPING_FILE), "w") as fh:
-                json.dump(mapping, fh, indent=1, sort_keys=True)
-            from mha2sha.prequant import ALL_STAGES_FILE, write_all_stages_mapping
+        stage = "save"
+        t0 = time.perf_counter()
+        with progress.stage("saving weights") as p:
+            model_file, write_stats = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD,
+                                                 link_weights=opts.link_weights, progress=p)
+        report["write"] = write_stats
+        timings["save"] = time.perf_counter() - t0
+        mapping = name_mapping(split, conv_record)
+        with open(staged.path(MAPPING_FILE), "w") as fh:
+            json.dump(mapping, fh, indent=1, sort_keys=True)
+        from mha2sha.prequant import ALL_STAGES_FILE, write_all_stages_mapping
 
-            # Original (AIMET export) name -> names in the final model, through every stage.
-            stages = ([opts.prepared["prequant_map"]] if opts.prepared and opts.prepared.get("prequant_map") else []) + [mapping, conv_record]
-            write_all_stages_mapping(staged.path(ALL_STAGES_FILE), stages, final_model=model,
-                                     originals=set(encodings.tensors) if encodings is not None else None)
-            encodings_file = None
-            mha_numeric = sha_numeric = None
-            if encodings is not None:
-                stage = "encodings"
-                from mha2sha.encodings import numeric_encodings, write_encodings
-                from mha2sha.encodings.propagate import propagate
+        # Original (AIMET export) name -> names in the final model, through every stage.
+        stages = ([opts.prepared["prequant_map"]] if opts.prepared and opts.prepared.get("prequant_map") else []) + [mapping, conv_record]
+        write_all_stages_mapping(staged.path(ALL_STAGES_FILE), stages, final_model=model,
+                                 originals=set(encodings.tensors) if encodings is not None else None)
+        encodings_file = None
+        mha_numeric = sha_numeric = None
+        if encodings is not None:
+            stage = "encodings"
+            from mha2sha.encodings import numeric_encodings, write_encodings
+            from mha2sha.encodings.propagate import propagate
 
-                original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links).model
-                sha_encodings, summary = propagate(encodings, original_model, model, split, conv_record)
-                report["encodings"] = summary
-                encodings_file = f"{name}.encodings"
-                write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
-                mha_numeric = numeric_encodings(encodings, original_model)
-                sha_numeric = numeric_encodings(sha_encodings, model)
-            if adaptor_specs is not None:
-                stage = "lora adaptors"
-                from mha2sha.lora_adaptors import convert_adaptors
+            original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links).model
+            sha_encodings, summary = propagate(encodings, original_model, model, split, conv_record)
+            report["encodings"] = summary
+            encodings_file = f"{name}.encodings"
+            write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
+            mha_numeric = numeric_encodings(encodings, original_model)
+            sha_numeric = numeric_encodings(sha_encodings, model)
+        if adaptor_specs is not None:
+            stage = "lora adaptors"
+            from mha2sha.lora_adaptors import convert_adaptors
 
-                original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links).model
-                adaptors = convert_adaptors(adaptor_specs, staged, original=original_model, converted=model, split=split,
-                                            conv=conv_record, encodings_version=opts.encodings_version)
-                report["lora_adaptors"] = {
-                    "adaptors": [{"name": a.name, "tensors": len(a.tensors), "cast_to_model_dtype": a.cast,
-                                  "encodings": a.encodings_summary} for a in adaptors.adaptors],
-                    "tensor_names": len(adaptors.tensor_names),
-                }
-            stage = "save"
-            placed = staged.commit(last=model_file)
-        except BaseException:
-            staged.discard()
-            raise
-        result.model_path = placed.get(model_file)
-        result.encodings_path = placed.get(encodings_file) if encodings_file else None
-        result.mapping_path = placed.get(MAPPING_FILE)
+            original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links).model
+            adaptors = convert_adaptors(adaptor_specs, staged, original=original_model, converted=model, split=split,
+                                        conv=conv_record, encodings_version=opts.encodings_version)
+            report["lora_adaptors"] = {
+                "adaptors": [{"name": a.name, "tensors": len(a.tensors), "cast_to_model_dtype": a.cast,
+                              "encodings": a.encodings_summary} for a in adaptors.adaptors],
+                "tensor_names": len(adaptors.tensor_names),
+            }
+        # Verification reads the staged model; the report names where it will be.
+        staged_model = staged.tmp / model_file
+        result.model_path = staged.final(model_file)
+        result.encodings_path = staged.final(encodings_file) if encodings_file else None
+        result.mapping_path = staged.final(MAPPING_FILE)
         report["model"]["converted"] = str(result.model_path)
         report["model"]["sha_encodings"] = str(result.encodings_path) if result.encodings_path else None
         from verify.run import BlockSpec
@@ -279,14 +289,14 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
             stage = "input lists"
             from mha2sha.input_lists import write_input_lists
 
-            report["input_lists"] = write_input_lists(out_dir, model_path, result.model_path, specs, seed=opts.seed,
+            report["input_lists"] = write_input_lists(staged, model_path, staged_model, specs, seed=opts.seed,
                                                       weight_bytes=loaded.weight_bytes)
         if opts.verify and split.converted:
             stage = "verify"
             from verify.run import verify_models
 
             with progress.stage("verifying blocks") as p:
-                verification = verify_models(model_path, result.model_path, specs, seed=opts.seed, end_to_end=opts.end_to_end,
+                verification = verify_models(model_path, staged_model, specs, seed=opts.seed, end_to_end=opts.end_to_end,
                                              weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric,
                                              allow_hard_links=opts.allow_hard_links or opts.link_weights, progress=p)
             timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
@@ -298,20 +308,38 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
                 report["encodings_coverage"] = encodings_coverage(mapping, set(encodings.tensors), set(sha_encodings.tensors), sha_tensors)
     except OutputError:
         raise  # the output folder is the problem: do not write into it
+    except (KeyboardInterrupt, SystemExit):
+        raise  # interrupted: the staging folder goes, the output folder stays as it was
     except BaseException as exc:
+        full = disk_full(exc, out_dir)
+        if full is not None:
+            raise full from None
+        # The failed run replaces the previous run's files with its report alone.
         report["failure"] = {"stage": stage, "message": str(exc) or type(exc).__name__}
         report["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        result.report_paths = write_report(report, out_dir)
+        staged.drop_staged()
+        try:
+            write_report(report, staged.tmp)
+            placed = staged.commit()
+        except OSError as write_exc:
+            raise disk_full(write_exc, out_dir) or write_exc from None
+        result.report_paths = {"json": placed[REPORT_JSON], "md": placed[REPORT_MD]}
         raise
     result.seconds = time.perf_counter() - started
     timings["total"] = result.seconds
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     result.timings = dict(timings)
+    try:
+        if opts.verify:
+            write_report(report, staged.tmp)
+            result.report = report
+            if report["status"] != "pass":
+                write_text(staged.path("VERIFICATION_FAILED"), "The verification report lists the failing checks: verification_report.md\n")
+        placed = staged.commit(last=model_file)
+    except OSError as exc:
+        raise disk_full(exc, out_dir) or exc from None
     if opts.verify:
-        result.report_paths = write_report(report, out_dir)
-        result.report = report
-        if report["status"] != "pass":
-            (out_dir / "VERIFICATION_FAILED").write_text("The verification report lists the failing checks: verification_report.md\n")
+        result.report_paths = {"json": placed[REPORT_JSON], "md": placed[REPORT_MD]}
     return result
 
 

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha-from-input", action="store_true", help="first make every LoRA alpha a graph input (one per adaptor slot; the report lists the values that reproduce the model)")
     p.add_argument("--lora-adaptors", metavar="YAML", help="YAML list of LoRA adaptors (name, weights .safetensors, optional encodings) to convert onto the SHA names")
     p.add_argument("--optimize-o-proj", action="store_true", help="lay each head out for a Conv o_proj and concatenate on its channel axis, instead of transposing the merged heads (where exact; the report lists blocks kept and why)")
+    p.add_argument("--overwrite", action="store_true", help="replace files in OUTDIR that mha2sha did not write (refused by default; a rerun always replaces the previous run's own files, and input files are never replaced)")
     p.add_argument("--link-weights", action="store_true", help="hard-link the input's data file into OUTDIR and reference unchanged weights in it (no copy; same file system only)")
     _common(p)
 
@@ -140,6 +141,7 @@ def _cmd_convert(args) -> int:
         lora_alpha_from_input=args.lora_alpha_from_input,
         lora_adaptors=args.lora_adaptors,
         optimize_o_proj=args.optimize_o_proj,
+        overwrite=args.overwrite,
     )
     if args.ar_context is not None and args.ar_tokens is None:
         raise UsageError(None, "--ar-context needs --ar-tokens")
@@ -203,6 +205,20 @@ def _cmd_demo(args) -> int:
     return run_demo(args.output, args.example)
 
 
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (kill, a batch system's timeout) cleans up like Ctrl-C: the staging folder
+    goes and the output folder stays as it was (SIGKILL's staging is removed by the next run)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (main() called from a thread)
+        pass
+
+
 _COMMANDS = {"convert": _cmd_convert, "inspect": _cmd_inspect, "example": _cmd_example, "verify": _cmd_verify, "demo": _cmd_demo}
 
 
@@ -214,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    _terminate_like_interrupt()
     try:
         return _COMMANDS[args.command](args)
     except Mha2ShaError as exc:
@@ -222,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mha2sha: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("mha2sha: interrupted; no finished outputs were written", file=sys.stderr)
+        # True by construction: a run's files move in together at its very end (mha2sha.outputs).
+        print("mha2sha: interrupted; the output folder was left as it was before this run", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - report one line; the traceback is for --log-level verbose
         if args.log_level == "verbose":

@@ -6,17 +6,31 @@ from pathlib import Path
 
 
 def run_verify(args) -> int:
-    from mha2sha.errors import EXIT_OK, EXIT_VERIFICATION_FAILED
     from mha2sha.graph.io import load_model
-    from mha2sha.pipeline import split_model
-    from verify.report import verdict_table, write_report
-    from verify.run import BlockSpec, verify_models
+    from mha2sha.outputs import OutputTransaction
 
     original = Path(args.original)
     sha = Path(args.sha)
     allow = getattr(args, "allow_hard_links", False)
     loaded = load_model(original, allow_hard_links=allow)
     load_model(sha, allow_hard_links=allow)  # validate the other side too
+    out = Path(args.output)
+    inputs = [original, sha] + [Path(p) for p in (args.encodings, args.sha_encodings) if p]
+    out.mkdir(parents=True, exist_ok=True)
+    # The report is staged and moved in at the end; a user's file of that name is refused.
+    with OutputTransaction(out, inputs, overwrite=getattr(args, "overwrite", False)) as txn:
+        for name in ("verification_report.json", "verification_report.md"):
+            txn.check_target(name)
+        return _verify_into(txn, args, original, sha, allow, loaded)
+
+
+def _verify_into(txn, args, original: Path, sha: Path, allow: bool, loaded) -> int:
+    from mha2sha.errors import EXIT_OK, EXIT_VERIFICATION_FAILED
+    from mha2sha.graph.io import load_model
+    from mha2sha.pipeline import split_model
+    from verify.report import verdict_table, write_report
+    from verify.run import BlockSpec, verify_models
+
     # Re-derive the blocks from the original: a model we converted keeps these tensor names.
     split = split_model(loaded.model)
     sha_names = _tensor_names(sha)
@@ -44,7 +58,9 @@ def run_verify(args) -> int:
                                 weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric, allow_hard_links=allow))
     if not specs:
         report["blocks"] = []
-    paths = write_report(report, Path(args.output))
+    staged = write_report(report, txn.tmp)
+    placed = txn.commit()
+    paths = {kind: placed[p.name] for kind, p in staged.items()}
     print(verdict_table(report))
     for kind, path in paths.items():
         print(f"wrote report ({kind}) {path}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from mha2sha.encodings import formats
@@ -80,9 +80,9 @@ def write_encodings(enc_set: EncodingSet, path, *, version: str | None = None, m
     obj = to_object(enc_set, version=version, model=model, notes=notes)
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # open(): the umask's mode, not mkstemp's 0600
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with open(tmp, "x", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

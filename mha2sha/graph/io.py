@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from mha2sha.errors import InputError, OutputError
+from mha2sha.outputs import OutputTransaction
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
 # Above this many bytes of weights, save with an external data file (protobuf's limit is 2 GB).
@@ -168,39 +167,8 @@ def prepare_output_dir(out_dir: str | os.PathLike, input_paths: list[Path]) -> P
     return out
 
 
-class StagedOutput:
-    """Files written to a private temporary folder and moved into place on commit."""
-
-    def __init__(self, out_dir: Path, protected: list[Path]):
-        self.out_dir = out_dir.resolve()
-        self.protected = {p.resolve() for p in protected if p.exists()}
-        self.tmp = Path(tempfile.mkdtemp(prefix=".mha2sha-partial-", dir=self.out_dir))
-        self.files: list[str] = []
-
-    def path(self, name: str) -> Path:
-        name = safe_output_name(name)
-        final = self.out_dir / name
-        if final.resolve() in self.protected:
-            raise OutputError(final, "refusing to overwrite an input file; choose another output folder or name")
-        self.files.append(name)
-        return self.tmp / name
-
-    def commit(self, last: str | None = None) -> dict[str, Path]:
-        """Move staged files into the output folder; ``last`` (the model) goes last."""
-        order = [f for f in self.files if f != last] + ([last] if last in self.files else [])
-        placed = {}
-        try:
-            for name in order:
-                src = self.tmp / name
-                if src.exists():
-                    os.replace(src, self.out_dir / name)
-                    placed[name] = self.out_dir / name
-        finally:
-            self.discard()
-        return placed
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+# The output transaction (lock, staging, commit): see mha2sha.outputs.
+StagedOutput = OutputTransaction
 
 
 def save_model(model: ir.Model, staged: StagedOutput, name: str, *, external: bool, link_weights: bool = False, progress=None) -> tuple[str, dict]:
@@ -221,5 +189,7 @@ def save_model(model: ir.Model, staged: StagedOutput, name: str, *, external: bo
     try:
         stats = write_model(model, model_path, data_name=data_file, link_weights=link_weights, progress=progress)
     except OSError as exc:
-        raise OutputError(model_path.parent.parent, f"cannot write the model: {exc.strerror or exc}") from None
+        from mha2sha.outputs import disk_full
+
+        raise disk_full(exc, staged.out_dir) or OutputError(staged.out_dir, f"cannot write the model: {exc.strerror or exc}") from None
     return model_file, stats
