@@ -132,9 +132,11 @@ def test_a_rerun_replaces_every_file_of_the_previous_run(example, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    proc = run("--exported-model-path", model, "--base-llm", "llama3", "--mha-conv", "--create-input-lists",
-               "--sha-export-path", out, cmd=COMPAT)
-    assert proc.returncode == 1, proc.stderr  # a strict expectation fails: outputs kept and marked
+    # A failing first run: GPT-2 has no RoPE, so llama3's strict RoPE check fails (outputs kept, marked).
+    examples.write_example("gpt2-tiny", tmp_path / "gpt2")
+    proc = run("--exported-model-path", tmp_path / "gpt2" / "gpt2-tiny.onnx", "--base-llm", "llama3", "--strict",
+               "--create-input-lists", "--sha-export-path", out, cmd=COMPAT)
+    assert proc.returncode == 1, proc.stderr
     assert (out / "VERIFICATION_FAILED").is_file() and (out / "input_list.txt").is_file()
     first = set(visible(out))
     proc = run("convert", model, "-e", enc, "-o", out, "--replace-linear-with-conv")
