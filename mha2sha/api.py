@@ -298,7 +298,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             with progress.stage("verifying blocks") as p:
                 verification = verify_models(model_path, staged_model, specs, seed=opts.seed, end_to_end=opts.end_to_end,
                                              weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric,
-                                             allow_hard_links=opts.allow_hard_links or opts.link_weights, progress=p)
+                                             allow_hard_links=opts.allow_hard_links, progress=p)
             timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
             report.update(verification)
             if encodings is not None:

@@ -12,9 +12,12 @@ Weights come from three places:
 - everything else (sliced biases, new constants): from memory.
 
 The data file follows the order of the input's data file, so reads are sequential. With
-``link_weights`` the input data file is cloned or hard-linked into the output folder and
-weights that are byte ranges of it (unchanged ones, contiguous slices) are referenced there:
-only the other weights are written.
+``link_weights`` the input data file is cloned (copy-on-write: btrfs, XFS, ...) into the output
+folder and weights that are byte ranges of it (unchanged ones, contiguous slices) are
+referenced there: only the other weights are written. Where the file system cannot clone,
+the weights are copied as without the option. Never a hard link or a symlink: onnx and
+onnxruntime refuse a data file with several links (a possible hard-link attack), and a
+second name would make the input's own data file unloadable too.
 """
 
 from __future__ import annotations
@@ -250,8 +253,7 @@ def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, lin
         raise
     plan.stats["data_seconds"] = round(time.perf_counter() - started, 3)
     if linked is not None:
-        # Linked last: the weights above were read from the source before it had a second name.
-        plan.stats["linked"] = _clone_or_link(linked[0], out_dir / linked[1])
+        plan.stats["linked"] = "clone"
     for value in external:
         value.const_value = originals[value.name]
     if progress is not None:
@@ -269,7 +271,11 @@ def _link_source(external: list[ir.Value], out_dir: Path, data_name: str) -> tup
     source = next(iter(sources))
     if source.stat().st_dev != out_dir.stat().st_dev:
         return None, "input and output are on different file systems: copying instead"
-    return (source, f"{data_name}.weights"), None
+    target = f"{data_name}.weights"
+    # Cloned first, so the plan knows whether it can reference the clone.
+    if not _clone(source, out_dir / target):
+        return None, "the file system cannot clone files (copy-on-write): copying instead"
+    return (source, target), None
 
 
 @contextlib.contextmanager
@@ -285,21 +291,20 @@ def _inlined(values: list[ir.Value]):
             v.const_value = tensor
 
 
-def _clone_or_link(source: Path, target: Path) -> str:
-    """Share ``source``'s blocks under ``target``: a copy-on-write clone where the file system
-    can (the result is an ordinary file), else a hard link (both names then count two links,
-    which some readers refuse: see --allow-hard-links)."""
+def _clone(source: Path, target: Path) -> bool:
+    """Share ``source``'s blocks under ``target`` as a copy-on-write clone, an ordinary file
+    with one link that onnx and onnxruntime load like any other. False where the file system
+    cannot clone (ext4, tmpfs, ...); nothing is left behind then."""
     import fcntl
 
     ficlone = 0x40049409  # FICLONE ioctl (btrfs, xfs, ...)
     try:
         with open(source, "rb") as src, open(target, "wb") as dst:
             fcntl.ioctl(dst.fileno(), ficlone, src.fileno())
-        return "clone"
+        return True
     except OSError:
         target.unlink(missing_ok=True)
-    os.link(source, target)
-    return "hard link"
+        return False
 
 
 def _serialize(model: ir.Model, path: Path) -> None:
