@@ -197,7 +197,14 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
     timings: dict[str, float] = {}
     stage = "find and split"
     result = ConversionResult(out_dir, None, None, None, [])
+    verifier = None
     try:
+        if opts.verify:
+            from mha2sha.block_verification import BlockVerifier
+
+            # Started now: its worker processes import what they need while the graph pass runs.
+            verifier = BlockVerifier(model_path, weight_bytes=loaded.weight_bytes, seed=opts.seed,
+                                     allow_hard_links=opts.allow_hard_links)
         t0 = time.perf_counter()
         model = loaded.model
         original_names = set(_all_names(model.graph)) if opts.optimize_o_proj else set()
@@ -230,11 +237,21 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             report["optimize_o_proj"] = _optimize_o_proj(model, split, encodings, original_names)
         kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
         name = safe_output_name(opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache))
+        from verify.run import BlockSpec
+
+        specs = [
+            BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features), dict(rec.io_splits))
+            for rec, b in zip(split.records, split.converted)
+        ]
+        if verifier is not None and specs:
+            stage = "verify"
+            verifier.prepare(specs, model, expect_encodings=encodings is not None)
         stage = "save"
         t0 = time.perf_counter()
         with progress.stage("saving weights") as p:
             model_file, write_stats = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD,
-                                                 link_weights=opts.link_weights, progress=p)
+                                                 link_weights=opts.link_weights, progress=p,
+                                                 observer=verifier if specs else None)
         report["write"] = write_stats
         timings["save"] = time.perf_counter() - t0
         mapping = name_mapping(split, conv_record)
@@ -260,6 +277,8 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
             mha_numeric = numeric_encodings(encodings, original_model)
             sha_numeric = numeric_encodings(sha_encodings, model)
+            if verifier is not None:
+                verifier.set_encodings(mha_numeric, sha_numeric)
         if adaptor_specs is not None:
             stage = "lora adaptors"
             from mha2sha.lora_adaptors import convert_adaptors
@@ -279,12 +298,6 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
         result.mapping_path = staged.final(MAPPING_FILE)
         report["model"]["converted"] = str(result.model_path)
         report["model"]["sha_encodings"] = str(result.encodings_path) if result.encodings_path else None
-        from verify.run import BlockSpec
-
-        specs = [
-            BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features), dict(rec.io_splits))
-            for rec, b in zip(split.records, split.converted)
-        ]
         if opts.create_input_lists:
             stage = "input lists"
             from mha2sha.input_lists import write_input_lists
@@ -293,12 +306,10 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
                                                       weight_bytes=loaded.weight_bytes)
         if opts.verify and split.converted:
             stage = "verify"
-            from verify.run import verify_models
-
+            # Most blocks were checked while the data file was written (mha2sha.block_verification).
             with progress.stage("verifying blocks") as p:
-                verification = verify_models(model_path, staged_model, specs, seed=opts.seed, end_to_end=opts.end_to_end,
-                                             weight_bytes=loaded.weight_bytes, mha_encodings=mha_numeric, sha_encodings=sha_numeric,
-                                             allow_hard_links=opts.allow_hard_links, progress=p)
+                verifier.wait(progress=p)
+            verification = verifier.report(staged_model, end_to_end=opts.end_to_end)
             timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
             report.update(verification)
             if encodings is not None:
@@ -325,6 +336,9 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             raise disk_full(write_exc, out_dir) or write_exc from None
         result.report_paths = {"json": placed[REPORT_JSON], "md": placed[REPORT_MD]}
         raise
+    finally:
+        if verifier is not None:
+            verifier.close()  # its workers end with the run, whichever way it ends
     result.seconds = time.perf_counter() - started
     timings["total"] = result.seconds
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}

@@ -6,10 +6,12 @@ the block's weights are read.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
 from mha2sha.graph.ir_utils import in_memory, is_const
+from verify.block_check import WeightRef
 
 
 class ExtractError(ValueError):
@@ -67,6 +69,30 @@ def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.Mode
     Graph inputs reached on the way that are not listed become inputs too (a block may read
     e.g. a position input directly); the caller reads the extracted model's inputs.
     """
+    return _cut(model, inputs, outputs, lazy=False)[0]
+
+
+def extract_lazy(model: ir.Model, inputs: list[str], outputs: list[str]) -> tuple[onnx.ModelProto, list[WeightRef]]:
+    """Like ``extract``, without reading the weights: every constant stored in a file (an
+    ``ir.ExternalTensor`` of a dtype of whole bytes) becomes a graph input of the block
+    model, after its other inputs, and is listed with where its bytes are, for
+    ``verify.block_check.read_weights``. (The file may not be written yet: the converter
+    cuts its blocks out while it writes.)"""
+    return _cut(model, inputs, outputs, lazy=True)
+
+
+def _lazy_ref(value: ir.Value) -> WeightRef | None:
+    tensor = value.const_value
+    if not isinstance(tensor, ir.ExternalTensor):
+        return None
+    dtype = np.dtype(tensor.dtype.numpy())
+    if dtype.itemsize != tensor.dtype.itemsize:  # 4-bit types: packed, read in memory
+        return None
+    return WeightRef(value.name, str(tensor.path), int(tensor.offset or 0), int(tensor.length or tensor.nbytes),
+                     dtype, tuple(int(d) for d in tensor.shape), int(tensor.dtype))
+
+
+def _cut(model: ir.Model, inputs: list[str], outputs: list[str], *, lazy: bool) -> tuple[onnx.ModelProto, list[WeightRef]]:
     graph = model.graph
     values = _value_map(graph)
     stop = set(inputs)
@@ -96,8 +122,11 @@ def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.Mode
         stack.extend(i for i in node.inputs if i is not None)
     order = [n for n in graph if id(n) in needed_nodes]
     proto_nodes = [ir.serde.serialize_node(n) for n in order]
-    proto_inits = [ir.serde.serialize_tensor(in_memory(v.const_value)) for v in needed_inits.values()]
-    for t, v in zip(proto_inits, needed_inits.values()):
+    refs = [ref for ref in (_lazy_ref(v) for v in needed_inits.values()) if ref is not None] if lazy else []
+    lazy_names = {ref.name for ref in refs}
+    kept = [v for v in needed_inits.values() if v.name not in lazy_names]
+    proto_inits = [ir.serde.serialize_tensor(in_memory(v.const_value)) for v in kept]
+    for t, v in zip(proto_inits, kept):
         t.name = v.name
     used = {name for n in proto_nodes for name in n.input}
     input_infos = []
@@ -108,12 +137,13 @@ def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.Mode
         if v is None:
             raise ExtractError(f"input {name!r} is not in the model")
         input_infos.append(_value_info(v))
+    input_infos += [onnx.helper.make_tensor_value_info(ref.name, ref.elem_type, ref.shape) for ref in refs]
     output_infos = [_value_info(values[n]) for n in outputs]
     g = onnx.helper.make_graph(proto_nodes, "block", input_infos, output_infos, proto_inits)
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
     out = onnx.helper.make_model(g, opset_imports=opsets)
     out.ir_version = model.ir_version
-    return out
+    return out, refs
 
 
 def _value_info(v: ir.Value) -> onnx.ValueInfoProto:

@@ -68,9 +68,13 @@ def _dims(info: onnx.ValueInfoProto) -> list:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in shape.dim]
 
 
-def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
-    """For inputs used as Gather indices into a constant table: the table's size."""
+def _index_bounds(model: onnx.ModelProto, given: dict[str, np.ndarray] | None = None) -> dict[str, int]:
+    """For inputs used as Gather indices into a constant table: the table's size.
+
+    ``given``: inputs whose values the caller supplies (a block's weights fed as inputs
+    are tables too)."""
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    inits.update({name: list(np.shape(value)) for name, value in (given or {}).items()})
     for node in model.graph.node:
         if node.op_type == "Constant":
             for a in node.attribute:
@@ -92,7 +96,7 @@ def random_feeds(model: onnx.ModelProto, *, seed: int, dims: DimAssigner | None 
     dims = dims or DimAssigner()
     rng = np.random.default_rng(seed)
     init_names = {t.name for t in model.graph.initializer}
-    bounds = _index_bounds(model)
+    bounds = _index_bounds(model, overrides)
     feeds: dict[str, np.ndarray] = {}
     for info in model.graph.input:
         if info.name in init_names:

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
-from verify.compare import Comparison, compare, float32_tolerance, float64_rtol, scale_of
+# BlockSpec, BlockResult and the per-block check live in verify.block_check (no onnx_ir
+# there: the converter's verification workers import only that); re-exported here.
+from verify.block_check import BlockResult, BlockSpec, _float_outputs, _run_ort, check_block
+from verify.compare import Comparison, compare, float32_tolerance, scale_of
 from verify.extract import extract, minimal_inputs
 from verify.feeds import DimAssigner, random_feeds
 
@@ -40,192 +41,22 @@ _CAPTURE_LIMIT_BYTES = 1_500_000_000  # serialized original model size for captu
 _E2E_TRUTH_LIMIT_BYTES = 300_000_000  # refimpl float64 of the whole model only for small ones
 
 
-@dataclass
-class BlockSpec:
-    """One block, by the names of the tensors it reads and writes in the converted model.
-
-    ``io_splits`` (original name -> mha2sha.split.emit.IOSplit) lists graph inputs/outputs
-    that the converted model has per (kv) head: the original block reads/writes the whole
-    tensor, the converted one its per-head pieces.
-    """
-
-    name: str
-    inputs: list[str]
-    outputs: list[str]
-    heads: int | None = None
-    kv_heads: int | None = None
-    head_dim: int | None = None
-    features: dict = field(default_factory=dict)
-    io_splits: dict = field(default_factory=dict)
-
-    def _original_names(self, names: list[str]) -> list[str]:
-        piece_of = {n: orig for orig, s in self.io_splits.items() for n in s.names}
-        out: list[str] = []
-        for n in names:
-            n = piece_of.get(n, n)
-            if n not in out:
-                out.append(n)
-        return out
-
-    @property
-    def mha_inputs(self) -> list[str]:
-        return self._original_names(self.inputs)
-
-    @property
-    def mha_outputs(self) -> list[str]:
-        return self._original_names(self.outputs)
-
-    def sha_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = dict(feeds)
-        for orig, split in self.io_splits.items():
-            if split.kind == "input" and orig in feeds:
-                for name, index in zip(split.names, split.indices):
-                    out[name] = np.take(feeds[orig], index, axis=split.axis)
-        return out
-
-    def graph_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``sha_feeds`` plus the head-major graph inputs (one tensor per cache, heads first)."""
-        out = self.sha_feeds(feeds)
-        for orig, split in self.io_splits.items():
-            if split.kind == "input" and split.graph_layout == "head_major" and orig in feeds:
-                order = sorted(zip(split.indices, split.names))
-                out[orig] = np.stack([np.take(feeds[orig], index, axis=split.axis) for index, _ in order], axis=0)
-        return out
-
-    def graph_outputs(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The SHA model's graph outputs in the MHA model's layout (head-major ones moved back)."""
-        out = dict(values)
-        for orig, split in self.io_splits.items():
-            if split.kind == "output" and split.graph_layout == "head_major" and orig in values:
-                out[orig] = np.moveaxis(values[orig], 0, split.axis)  # heads in index order, first
-        return self.merge_outputs(out)
-
-    def merge_outputs(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = dict(values)
-        for orig, split in self.io_splits.items():
-            if split.kind == "output" and all(n in values for n in split.names):
-                out[orig] = np.stack([values[n] for n in split.names], axis=split.axis)
-        return out
-
-
-@dataclass
-class BlockResult:
-    spec: BlockSpec
-    checks: list[Comparison] = field(default_factory=list)
-    error: str = ""
-    feeds_from: str = "random"
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return not self.error and all(self.checks)
-
-    def as_dict(self) -> dict:
-        return {
-            "name": self.spec.name,
-            "heads": self.spec.heads,
-            "kv_heads": self.spec.kv_heads,
-            "head_dim": self.spec.head_dim,
-            "features": self.spec.features,
-            "status": "pass" if self.passed else "fail",
-            "feeds": self.feeds_from,
-            "error": self.error,
-            "checks": [c.as_dict() for c in self.checks],
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def _session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
-def _run_ort(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = _session(model)
-    names = [o.name for o in sess.get_outputs()]
-    wanted = {i.name for i in sess.get_inputs()}
-    values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
-    return dict(zip(names, values))
-
-
-def _float_outputs(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in values.items() if np.issubdtype(np.asarray(v).dtype, np.floating)}
-
-
-def _block_feeds(mha: onnx.ModelProto, captured: dict[str, np.ndarray] | None, seed: int, dims: DimAssigner) -> tuple[dict, str]:
-    names = {i.name for i in mha.graph.input}
-    if captured is not None and names <= set(captured):
-        return {n: captured[n] for n in names}, "captured"
-    return random_feeds(mha, seed=seed, dims=dims, overrides=captured), "random"
-
-
 def verify_block(original: ir.Model, converted: ir.Model, spec: BlockSpec, *, seed: int, dims: DimAssigner,
                  captured: dict[str, np.ndarray] | None = None, mha_encodings=None, sha_encodings=None) -> BlockResult:
-    import refimpl
-
-    result = BlockResult(spec)
+    """Cut ``spec``'s block out of both models (weights in memory) and check it."""
     started = time.perf_counter()
     try:
         mha_inputs, sha_inputs = minimal_inputs(original, converted, spec.mha_inputs, spec.inputs)
         mha = extract(original, mha_inputs, spec.mha_outputs)
         sha = extract(converted, sha_inputs, spec.outputs)
-        feeds, result.feeds_from = _block_feeds(mha, captured, seed, dims)
-        sha_feeds = spec.sha_feeds(feeds)
-        truth = _float_outputs(refimpl.run(mha, feeds, dtype=np.float64))
-        mha_ort = _run_ort(mha, feeds)
-        sha_ort = spec.merge_outputs(_run_ort(sha, sha_feeds))
-        sha_ref = spec.merge_outputs(refimpl.run(sha, sha_feeds, dtype=np.float32))
-        sha_f64 = spec.merge_outputs(refimpl.run(sha, sha_feeds, dtype=np.float64))
-        for name, t in truth.items():
-            scale = scale_of(t)
-            mha_err = compare("mha_ort_vs_truth", name, mha_ort[name], t, float("inf"))
-            tol = float32_tolerance(mha_err.max_abs if np.isfinite(mha_err.max_abs) else 0.0, scale)
-            result.checks.append(compare("sha_ort_vs_truth", name, sha_ort[name], t, tol))
-            result.checks.append(compare("sha_refimpl_vs_truth", name, sha_ref[name], t, tol))
-            rtol = float64_rtol(np.float16 if mha_ort[name].dtype == np.float16 else np.float32)
-            result.checks.append(compare("sha_float64_vs_truth", name, sha_f64[name], t, rtol * max(scale, 1e-30)))
-            mha_err.tolerance = tol
-            mha_err.passed = True
-            mha_err.note = "sets the float32 error budget"
-            result.checks.append(mha_err)
-        if mha_encodings is not None and sha_encodings is not None:
-            result.checks.extend(_quant_sim(mha, sha, feeds, sha_feeds, spec, mha_encodings, sha_encodings))
-    except Exception as exc:  # noqa: BLE001 - a block that cannot be verified is a failed block
-        result.error = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a block that cannot be cut out is a failed block
+        result = BlockResult(spec, error=f"{type(exc).__name__}: {exc}")
+        result.seconds = time.perf_counter() - started
+        return result
+    result = check_block(mha, sha, spec, seed=seed, dims=dims, captured=captured,
+                         mha_encodings=mha_encodings, sha_encodings=sha_encodings)
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _quant_sim(mha, sha, feeds, sha_feeds, spec, mha_enc, sha_enc) -> list[Comparison]:
-    import refimpl
-
-    mha_names = _tensor_names(mha)
-    sha_names = _tensor_names(sha)
-    q_mha = refimpl.run(mha, feeds, dtype=np.float64, encodings={k: v for k, v in mha_enc.items() if k in mha_names})
-    q_sha = spec.merge_outputs(refimpl.run(sha, sha_feeds, dtype=np.float64, encodings={k: v for k, v in sha_enc.items() if k in sha_names}))
-    checks = []
-    for name, expected in _float_outputs(q_mha).items():
-        enc = mha_enc.get(name)
-        step = float(np.max(enc.scale)) if enc is not None and getattr(enc, "dtype", "int") == "int" else None
-        if step is None:
-            step = max(scale_of(expected), 1e-30) * 2.0**-8
-            note = "no output encoding: step taken as 2^-8 of the output range"
-        else:
-            note = "tolerance in units of the output's quantization step"
-        c = compare("quant_sim_sha_vs_mha", name, q_sha[name], expected, 0.5 * step, note)
-        c.note += f"; largest disagreement {c.max_abs / step:.3g} steps"
-        checks.append(c)
-    return checks
-
-
-def _tensor_names(model: onnx.ModelProto) -> set[str]:
-    names = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
-    for n in model.graph.node:
-        names.update(n.output)
-    return names
 
 
 def capture_block_inputs(original_path: Path, names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:

@@ -171,7 +171,8 @@ def prepare_output_dir(out_dir: str | os.PathLike, input_paths: list[Path]) -> P
 StagedOutput = OutputTransaction
 
 
-def save_model(model: ir.Model, staged: StagedOutput, name: str, *, external: bool, link_weights: bool = False, progress=None) -> tuple[str, dict]:
+def save_model(model: ir.Model, staged: StagedOutput, name: str, *, external: bool, link_weights: bool = False, progress=None,
+               observer=None) -> tuple[str, dict]:
     """Write ``<name>.onnx`` (and ``<name>.onnx.data`` when external) into ``staged``.
 
     Returns the model file name and write statistics (bytes copied, written, linked).
@@ -187,7 +188,8 @@ def save_model(model: ir.Model, staged: StagedOutput, name: str, *, external: bo
         if link_weights:
             staged.path(f"{data_file}.weights")
     try:
-        stats = write_model(model, model_path, data_name=data_file, link_weights=link_weights, progress=progress)
+        stats = write_model(model, model_path, data_name=data_file, link_weights=link_weights, progress=progress,
+                            observer=observer)
     except OSError as exc:
         from mha2sha.outputs import disk_full
 

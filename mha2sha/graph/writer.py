@@ -204,10 +204,16 @@ class _Producer:
         self.data.append(data)
 
 
-def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, link_weights: bool = False, progress=None) -> dict:
+def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, link_weights: bool = False, progress=None,
+                observer=None) -> dict:
     """Write ``model`` to ``model_path`` (+ ``data_name`` beside it). Returns statistics.
 
     ``data_name`` None keeps every tensor inside the .onnx file (small models).
+    ``observer`` (mha2sha.block_verification.BlockVerifier): ``observer.planned(model,
+    data_path, aliases)`` is called once every weight of ``model`` references its planned
+    place in the output (``aliases``: a file created at the end -> the file holding the same
+    bytes now), then ``observer.written(n)`` as the first ``n`` bytes of the data file are
+    on disk.
     """
     graph = model.graph
     out_dir = model_path.parent
@@ -219,6 +225,8 @@ def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, lin
     if data_name is None:
         with _inlined(inline):
             _serialize(model, model_path)
+            if observer is not None:
+                observer.planned(model, None, {})
         return {"copied_bytes": 0, "written_bytes": 0, "linked_bytes": 0, "linked": False}
     external = [v for v in graph.initializers.values() if v.const_value is not None and v.const_value.nbytes > INLINE_BYTES]
     linked, link_error = _link_source(external, out_dir, data_name) if link_weights else (None, None)
@@ -237,13 +245,20 @@ def write_model(model: ir.Model, model_path: Path, *, data_name: str | None, lin
             value.const_value = plan.references[value.name]
         with _inlined(inline):
             _serialize(model, model_path)
+            if observer is not None:
+                aliases = {str(out_dir / linked[1]): str(linked[0])} if linked is not None else {}
+                observer.planned(model, out_dir / data_name, aliases)
         while producer.thread.is_alive():
-            producer.thread.join(0.25)
+            producer.thread.join(0.1 if observer is not None else 0.25)
             if progress is not None:
                 progress(min(data.written, plan.size) >> 20, plan.size >> 20)
+            if observer is not None:
+                observer.written(data.written)
         if producer.error is not None:
             raise producer.error
         data.close()
+        if observer is not None:
+            observer.written(plan.size)
     except BaseException:
         producer.cancelled.set()
         producer.thread.join()

@@ -1,0 +1,264 @@
+"""The converter's per-block verification, run while the weights are written.
+
+Every converted block is checked by ``verify.block_check.check_block`` (the original block
+against the converted one, float64 truth and onnxruntime on the same feeds). This module
+only schedules those checks so that they cost little wall time:
+
+- worker processes (spawn: nothing of the converter's state is inherited) start before the
+  graph pass, and import only numpy, onnx, onnxruntime and refimpl while it runs;
+- the block models are cut out in this process without their weights
+  (``verify.extract.extract_lazy``): a weight stored in a file becomes a graph input, and a
+  worker reads it itself, once, with ``preadv`` (the original's from the input data file,
+  the converted one's from the data file being written), drops the original's before
+  reading the converted one's, and returns only the verdict;
+- a block is handed to a worker at the earliest point where everything it reads exists: the
+  writer has planned the output data file (every weight has its offset) and has written
+  every byte of that block's weights (``written``). The writer follows the input's order,
+  so the first layers are checked while the last ones are still being written.
+
+With no workers (small models: starting a process costs more than checking their blocks),
+the same checks run in this process when ``wait`` is called.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import os
+import time
+import types
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import onnx
+
+WORKERS_ENV = "MHA2SHA_VERIFY_WORKERS"
+# Below this many weight bytes the blocks are checked in this process (a worker's start-up,
+# about 1 s of imports, is more than their checks take).
+_WORKER_MIN_BYTES = 256 << 20
+
+
+def default_workers(weight_bytes: int) -> int:
+    """Worker processes for a model of ``weight_bytes``: MHA2SHA_VERIFY_WORKERS if set, else
+    none for small models, else one per core up to two (the writer needs little CPU: it
+    copies byte ranges, and the disk is the bound)."""
+    value = os.environ.get(WORKERS_ENV)
+    if value is not None and value.strip():
+        return max(0, int(value))
+    if weight_bytes < _WORKER_MIN_BYTES:
+        return 0
+    return max(1, min(2, (os.cpu_count() or 1)))
+
+
+@dataclass
+class _Block:
+    index: int
+    spec: object  # verify.block_check.BlockSpec, io_splits as plain namespaces
+    mha: bytes = b""
+    mha_refs: list = field(default_factory=list)
+    sha: bytes = b""
+    sha_refs: list = field(default_factory=list)
+    ready_at: int = 0  # bytes of the output data file that must be written first
+    mha_inputs: list = field(default_factory=list)
+    sha_inputs: list = field(default_factory=list)
+    captured: dict | None = None
+    error: str = ""
+    future: cf.Future | None = None
+    result: dict | None = None
+
+
+def _start_worker() -> None:
+    """Workers yield the CPU to the writer (whose disk is the bound of the whole run)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)
+
+
+def _warm() -> int:
+    """A worker's first task: import what checking a block needs, while the graph pass runs."""
+    import onnxruntime  # noqa: F401
+
+    import refimpl  # noqa: F401
+    import verify.block_check  # noqa: F401
+
+    return os.getpid()
+
+
+def _check(task: tuple) -> dict:
+    """Check one block (in a worker, or in this process); returns the block's report entry."""
+    from verify.block_check import check_block, read_weights
+    from verify.feeds import DimAssigner
+
+    mha, sha, spec, mha_refs, sha_refs, seed, dims, captured, mha_enc, sha_enc = task
+    result = check_block(onnx.load_from_string(mha), onnx.load_from_string(sha), spec, seed=seed,
+                         dims=DimAssigner(values=dict(dims)), captured=captured,
+                         mha_encodings=mha_enc, sha_encodings=sha_enc,
+                         mha_weights=lambda: read_weights(mha_refs), sha_weights=lambda: read_weights(sha_refs))
+    return result.as_dict()
+
+
+def _plain_spec(spec):
+    """``spec`` with its IO splits as plain namespaces (a worker unpickles no converter class)."""
+    return replace(spec, io_splits={k: types.SimpleNamespace(**vars(v)) for k, v in spec.io_splits.items()})
+
+
+class BlockVerifier:
+    """Checks the blocks of one conversion; see the module doc for the order of calls:
+    ``BlockVerifier(path, weight_bytes)`` before the graph pass, ``prepare(specs)`` after it,
+    ``planned`` / ``written`` from the writer, ``wait()`` before the outputs are committed,
+    ``report(converted_path)`` after."""
+
+    def __init__(self, original_path: Path, *, weight_bytes: int, seed: int, allow_hard_links: bool = False,
+                 workers: int | None = None):
+        self.original_path = Path(original_path)
+        self.weight_bytes = weight_bytes
+        self.seed = seed
+        self.allow_hard_links = allow_hard_links
+        self.workers = default_workers(weight_bytes) if workers is None else workers
+        self.blocks: list[_Block] = []
+        self.timings: dict[str, float] = {}
+        self.encodings: tuple | None = None
+        self._hold = False  # blocks wait for set_encodings
+        self._started = time.perf_counter()
+        self._pool: cf.ProcessPoolExecutor | None = None
+        if self.workers:
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_start_worker)
+            for _ in range(self.workers):
+                self._pool.submit(_warm)
+
+    # -- after the graph pass ------------------------------------------------------------
+    def prepare(self, specs: list, converted, *, expect_encodings: bool = False) -> None:
+        """Feeds for every block and the original's block models (the original's graph read
+        again: the converted model was rewritten in place; its weights are never read here)."""
+        from mha2sha.graph.io import load_model
+        from mha2sha.passes.shapes import infer_shapes
+        from verify.extract import extract_lazy, minimal_inputs
+        from verify.run import _CAPTURE_LIMIT_BYTES, capture_block_inputs, consistent_graph_feeds
+
+        t0 = time.perf_counter()
+        self._hold = expect_encodings
+        self.original = load_model(self.original_path, allow_hard_links=self.allow_hard_links).model
+        infer_shapes(self.original)
+        self.specs = specs
+        names = sorted({n for s in specs for n in s.mha_inputs})
+        self.dims, self.graph_feeds = consistent_graph_feeds(self.original_path, seed=self.seed,
+                                                             weight_bytes=self.weight_bytes, check_names=names)
+        captured = (capture_block_inputs(self.original_path, names, self.graph_feeds)
+                    if self.weight_bytes <= _CAPTURE_LIMIT_BYTES else None)
+        for i, spec in enumerate(specs):
+            block = _Block(i, _plain_spec(spec))
+            try:
+                block.mha_inputs, block.sha_inputs = minimal_inputs(self.original, converted, spec.mha_inputs, spec.inputs)
+                proto, block.mha_refs = extract_lazy(self.original, block.mha_inputs, spec.mha_outputs)
+                block.mha = proto.SerializeToString()
+                if captured is not None:
+                    block.captured = {i.name: captured[i.name] for i in proto.graph.input if i.name in captured}
+            except Exception as exc:  # noqa: BLE001 - a block that cannot be cut out is a failed block
+                block.error = f"{type(exc).__name__}: {exc}"
+            self.blocks.append(block)
+        del self.original
+        self.timings["prepare"] = time.perf_counter() - t0
+
+    # -- called by the writer -------------------------------------------------------------
+    def planned(self, converted, data_path: Path | None, aliases: dict[str, str]) -> None:
+        """The converted model's weights now reference their planned place in the output
+        (``data_path``; ``aliases``: files that will exist later -> where the same bytes are
+        now). Cut every converted block out of it."""
+        from verify.extract import extract_lazy
+
+        t0 = time.perf_counter()
+        for block in self.blocks:
+            if block.error:
+                continue
+            try:
+                proto, refs = extract_lazy(converted, block.sha_inputs, block.spec.outputs)
+            except Exception as exc:  # noqa: BLE001
+                block.error = f"{type(exc).__name__}: {exc}"
+                continue
+            block.sha = proto.SerializeToString()
+            block.sha_refs = [replace(r, path=aliases.get(r.path, r.path)) for r in refs]
+            ends = [r.offset + r.length for r in block.sha_refs if data_path is not None and Path(r.path) == data_path]
+            block.ready_at = max(ends, default=0)
+        self.timings["cut_converted"] = time.perf_counter() - t0
+        self.written(0)
+
+    def written(self, nbytes: int) -> None:
+        """``nbytes`` of the output data file are on disk: hand out the blocks that are complete."""
+        if self._pool is None or self._hold:
+            return
+        for block in self.blocks:
+            if block.future is None and not block.error and block.sha and block.ready_at <= nbytes:
+                block.future = self._pool.submit(_check, self._task(block))
+
+    def set_encodings(self, mha_encodings, sha_encodings) -> None:
+        self.encodings = (mha_encodings, sha_encodings)
+        self._hold = False
+
+    def _task(self, block: _Block) -> tuple:
+        mha_enc, sha_enc = self.encodings or (None, None)
+        if mha_enc is not None and sha_enc is not None:
+            mha_names = {i.name for i in onnx.load_from_string(block.mha).graph.input} | _outputs(block.mha)
+            sha_names = {i.name for i in onnx.load_from_string(block.sha).graph.input} | _outputs(block.sha)
+            mha_enc = {k: v for k, v in mha_enc.items() if k in mha_names}
+            sha_enc = {k: v for k, v in sha_enc.items() if k in sha_names}
+        return (block.mha, block.sha, block.spec, block.mha_refs, block.sha_refs, self.seed + block.index,
+                dict(self.dims.values), block.captured, mha_enc, sha_enc)
+
+    # -- before the commit ----------------------------------------------------------------
+    def wait(self, progress=None) -> None:
+        """Every block's verdict (the staged files are still where the workers read them)."""
+        t0 = time.perf_counter()
+        self._hold = False
+        self.written(1 << 62)
+        for done, block in enumerate(self.blocks, 1):
+            if block.result is None:
+                block.result = self._result(block)
+            if progress is not None:
+                progress(done, len(self.blocks))
+        self.timings["wait"] = time.perf_counter() - t0
+        self.close()
+
+    def _result(self, block: _Block) -> dict:
+        from verify.block_check import BlockResult
+
+        if not block.error and block.future is None:  # no workers: check it here
+            return _check(self._task(block))
+        if not block.error:
+            try:
+                return block.future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker that died fails its block, not the run
+                block.error = f"verification worker failed: {type(exc).__name__}: {exc}"
+        return BlockResult(block.spec, error=block.error).as_dict()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    # -- after the commit -----------------------------------------------------------------
+    def report(self, converted_path: Path, *, end_to_end: bool) -> dict:
+        """The verification section of the report (as verify.run.verify_models returns it)."""
+        from verify.run import verify_end_to_end
+
+        timings = dict(self.timings)
+        if end_to_end:
+            t0 = time.perf_counter()
+            e2e = verify_end_to_end(self.original_path, converted_path, self.graph_feeds, self.weight_bytes, self.specs)
+            timings["end_to_end"] = time.perf_counter() - t0
+        else:
+            e2e = {"status": "skipped", "reason": "end-to-end run disabled (--no-verification)"}
+        timings["total"] = time.perf_counter() - self._started
+        return {
+            "seed": self.seed,
+            "dims": dict(self.dims.values),
+            "blocks": [b.result for b in self.blocks],
+            "end_to_end": e2e,
+            "verification_workers": self.workers,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+        }
+
+
+def _outputs(proto_bytes: bytes) -> set[str]:
+    proto = onnx.load_from_string(proto_bytes)
+    return {o for n in proto.graph.node for o in n.output} | {t.name for t in proto.graph.initializer}
