@@ -66,6 +66,7 @@ class ConvertOptions:
     lora_adaptors: str | Path | None = None  # YAML list of LoRA adaptors to convert with the model
     optimize_o_proj: bool = False  # per-head layout into a Conv o_proj instead of the merged chain
     overwrite: bool = False  # replace files in OUTDIR that mha2sha did not write (never an input)
+    emit_qdq: bool = False  # also write <name>_qdq.onnx: the SHA model as QDQ from the encodings
     expectations: object | None = None  # mha2sha.compat.ReferenceFlags whose expectations are checked
     prepared: dict | None = None  # set internally: what mha2sha.prepare changed (for the report)
 
@@ -279,6 +280,9 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             sha_numeric = numeric_encodings(sha_encodings, model)
             if verifier is not None:
                 verifier.set_encodings(mha_numeric, sha_numeric)
+            if opts.emit_qdq:
+                stage = "qdq"
+                report["qdq"] = _write_qdq(model, sha_numeric, staged, name, external=loaded.external)
         if adaptor_specs is not None:
             stage = "lora adaptors"
             from mha2sha.lora_adaptors import convert_adaptors
@@ -355,6 +359,22 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
     if opts.verify:
         result.report_paths = {"json": placed[REPORT_JSON], "md": placed[REPORT_MD]}
     return result
+
+
+def _write_qdq(model: ir.Model, numeric: dict, staged, name: str, *, external: bool) -> dict:
+    """--emit-qdq: <name>_qdq.onnx next to the SHA model (mha2sha.qdq)."""
+    import onnx
+
+    from mha2sha.qdq import to_qdq
+
+    qdq, summary = to_qdq(ir.to_proto(model), numeric)
+    path = staged.path(f"{name}_qdq.onnx")
+    big = external or qdq.ByteSize() > 1_800_000_000
+    if big:
+        staged.path(f"{name}_qdq.onnx.data")
+    onnx.save(qdq, str(path), save_as_external_data=big, location=f"{name}_qdq.onnx.data" if big else None)
+    summary["file"] = path.name
+    return summary
 
 
 def _optimize_o_proj(model: ir.Model, split: SplitResult, encodings, original_names: set[str]) -> dict:

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ar-context", type=int, metavar="C", help="with --ar-tokens: the context length (default: the model's past + new)")
     p.add_argument("--lora-alpha-from-input", action="store_true", help="first make every LoRA alpha a graph input (one per adaptor slot; the report lists the values that reproduce the model)")
     p.add_argument("--lora-adaptors", metavar="YAML", help="YAML list of LoRA adaptors (name, weights .safetensors, optional encodings) to convert onto the SHA names")
+    p.add_argument("--emit-qdq", action="store_true", help="also write <name>_qdq.onnx: the SHA model as a QDQ ONNX model from the encodings (int weights behind DequantizeLinear, Q/DQ after every encoded activation, int32 biases with scale = input scale x weight scale), e.g. for onnxruntime-qnn; needs -e")
     p.add_argument("--optimize-o-proj", action="store_true", help="lay each head out for a Conv o_proj and concatenate on its channel axis, instead of transposing the merged heads (where exact; the report lists blocks kept and why)")
     p.add_argument("--overwrite", action="store_true", help="replace files in OUTDIR that mha2sha did not write (refused by default; a rerun always replaces the previous run's own files, and input files are never replaced)")
     p.add_argument("--link-weights", action="store_true", help="hard-link the input's data file into OUTDIR and reference unchanged weights in it (no copy; same file system only)")
@@ -142,7 +143,10 @@ def _cmd_convert(args) -> int:
         lora_adaptors=args.lora_adaptors,
         optimize_o_proj=args.optimize_o_proj,
         overwrite=args.overwrite,
+        emit_qdq=args.emit_qdq,
     )
+    if args.emit_qdq and not args.encodings:
+        raise UsageError(None, "--emit-qdq needs -e/--encodings (the QDQ model is built from them)")
     if args.ar_context is not None and args.ar_tokens is None:
         raise UsageError(None, "--ar-context needs --ar-tokens")
     result = convert(args.model, args.output, opts)

@@ -44,8 +44,11 @@ _RUNLIST = re.compile(r"finalize_runlist: in_runlist=(\d+), runlist = (\d+) \+ (
 _BYTES = re.compile(r"^(spill_bytes|fill_bytes|write_total_bytes|read_total_bytes)=(\d+)\s*$")
 _BENIGN = re.compile(r"unexpected GraphHtpSettings option")  # the EP passes an option this backend ignores
 _QNN_ERROR = re.compile(r"QnnLogging\]\s+<E>\s+(.*)$")
-# onnxruntime's QNN EP names every node it refuses, with QNN's reason, at warning level.
-_UNSUPPORTED = re.compile(r"\] (?:Validation FAILED for|.*?is not supported|.*?unsupported).*")
+# onnxruntime's QNN EP validates node units one by one ("Validation FAILED for ... /
+# Operator type: T Node name: N / REASON : why") and then lists what it will not take.
+_FAILED_NODE = re.compile(r"Operator type: (\S+) Node name: (.*?) Node index")
+_REASON = re.compile(r"REASON : (.*)$")
+_UNSUPPORTED = re.compile(r"\{ name: (.*?), type: (\S+) \}")
 
 
 def unavailable_reason() -> str | None:
@@ -90,6 +93,9 @@ class HtpRun:
 def parse_log(lines) -> dict:
     """The preparer's figures and QNN's errors from a verbose onnxruntime-qnn log."""
     out: dict = {"qnn_errors": [], "rejected": []}
+    reasons: dict[str, str] = {}
+    failed_node = None
+    unsupported: list[tuple[str, str]] = []
     names = {"spill_bytes": "spill", "fill_bytes": "fill", "write_total_bytes": "ddr_write",
              "read_total_bytes": "ddr_read"}
     for line in lines:
@@ -109,12 +115,24 @@ def parse_log(lines) -> dict:
         if m and m.group(1).strip() not in out["qnn_errors"] and not _BENIGN.search(m.group(1)):
             out["qnn_errors"].append(m.group(1).strip())
             continue
-        if "[W:" in line or "[E:" in line:
-            m = _UNSUPPORTED.search(line)
-            if m and "QnnLogging" not in line:
-                reason = m.group(0)[2:].strip()
-                if reason not in out["rejected"]:
-                    out["rejected"].append(reason)
+        if "Validation FAILED" in line:
+            failed_node = ""
+            continue
+        if failed_node is not None:
+            m = _FAILED_NODE.search(line)
+            if m:
+                failed_node = m.group(2)
+                continue
+            m = _REASON.search(line)
+            if m and failed_node:
+                reasons.setdefault(failed_node, m.group(1).strip())
+                failed_node = None
+                continue
+        if "Unsupported nodes in QNN EP" in line:
+            for name, op in _UNSUPPORTED.findall(line):
+                if (name, op) not in unsupported:
+                    unsupported.append((name, op))
+    out["rejected"] = [f"{op} {name}: {reasons.get(name, 'no reason logged')}" for name, op in unsupported]
     return out
 
 
@@ -141,12 +159,14 @@ def static_copy(model_path: str | Path, shapes: dict[str, tuple[int, ...]], out_
 
 
 def run(model_path: str | Path, feeds: dict[str, np.ndarray], *, context: str | Path | None = None,
-        keep_outputs: bool = True, timeout: float = 900, workdir: str | Path | None = None) -> HtpRun:
+        keep_outputs: bool = True, timeout: float = 900, workdir: str | Path | None = None,
+        log: str | Path | None = None) -> HtpRun:
     """Run ``model_path`` on HTP (child process) with ``feeds``; raises RuntimeError when
     onnxruntime-qnn is unavailable (callers check :func:`unavailable_reason` first).
 
     ``context``: also compile the graph to a QNN context binary and write the context model
-    (an EPContext node embedding the binary) there; ``context_bytes`` is its size."""
+    (an EPContext node embedding the binary) there; ``context_bytes`` is its size.
+    ``log``: keep the verbose onnxruntime/QNN log there."""
     reason = unavailable_reason()
     if reason:
         raise RuntimeError(reason)
@@ -158,15 +178,19 @@ def run(model_path: str | Path, feeds: dict[str, np.ndarray], *, context: str | 
                    "context": str(Path(context).resolve()) if context else None}
         (tmp / "request.json").write_text(json.dumps(request))
         log_path = tmp / "log.txt"
-        with open(log_path, "wb") as log:
+        with open(log_path, "wb") as log_file:
             try:
                 proc = subprocess.run([sys.executable, "-m", "mha2sha.htp", str(tmp / "request.json")],
-                                      stdout=subprocess.PIPE, stderr=log, timeout=timeout,
+                                      stdout=subprocess.PIPE, stderr=log_file, timeout=timeout,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
             except subprocess.TimeoutExpired:
                 return HtpRun(runs_whole=False, error=f"HTP run exceeded {timeout:.0f} s")
         with open(log_path, errors="replace") as f:
             found = parse_log(f)
+        if log:
+            import shutil
+
+            shutil.copyfile(log_path, log)
         try:
             status = json.loads(proc.stdout.decode().strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):

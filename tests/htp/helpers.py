@@ -34,13 +34,17 @@ def convert(model: Path, out: Path, *args: str) -> Path:
     r = subprocess.run([sys.executable, "-m", "mha2sha", "convert", str(model), "-o", str(out), *args],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    return next(p for p in out.glob("*.onnx"))
+    return next(p for p in out.glob("*.onnx") if not p.stem.endswith("_qdq"))
 
 
-def feeds_for(mha: Path, sha: Path, **split_options) -> tuple[dict, dict, list]:
+def feeds_for(mha: Path, sha: Path, *, ranges: dict | None = None, **split_options) -> tuple[dict, dict, list]:
     """Feeds of the MHA model, the same values as the SHA model's inputs, and the specs that
-    map the SHA outputs back to the MHA layout."""
+    map the SHA outputs back to the MHA layout. ``ranges`` {input: (lo, hi)} clips float
+    inputs into their calibrated range (what quantized models are fed)."""
     _, feeds = consistent_graph_feeds(mha, seed=0, weight_bytes=mha.stat().st_size)
+    for name, (lo, hi) in (ranges or {}).items():
+        if name in feeds and np.issubdtype(feeds[name].dtype, np.floating):
+            feeds[name] = np.clip(feeds[name], lo, hi).astype(feeds[name].dtype)
     specs, _ = block_specs(mha, **split_options)
     sha_feeds = dict(feeds)
     for spec in specs:
@@ -79,3 +83,13 @@ def assert_sha_equals_mha(mha_htp: dict, sha_htp: dict, mha_cpu: dict) -> dict:
         assert err <= bound, f"{name}: SHA differs from MHA on HTP by {err:.3g} > {bound:.3g} (MHA fp16 error {fp16_error:.3g})"
         errors[name] = err
     return errors
+
+
+def calibrated_ranges(encodings: dict) -> dict:
+    """{tensor: (lo, hi)} of every per-tensor int encoding (refimpl.quant conventions)."""
+    out = {}
+    for name, e in encodings.items():
+        if e.dtype == "int" and not np.ndim(e.scale):
+            lo = float(e.offset) * float(e.scale)
+            out[name] = (lo, lo + (2 ** e.bitwidth - 1) * float(e.scale))
+    return out
