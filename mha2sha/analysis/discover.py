@@ -92,6 +92,9 @@ class BlockError(Exception):
 
 
 _PROJECTION_OPS = ("MatMul", "Gemm", "Conv")
+# Views of the probabilities on their way to MatMul(P, V): heads folded back into the batch
+# after a softmax over [B, H, S, T] (Bloom: Softmax -> Cast -> Reshape([B*H, S, T]) -> MatMul).
+_PROBS_VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 _MAX_CORE_DEPTH = 12
 
 
@@ -236,7 +239,7 @@ def _forward_to_pv(probs: ir.Value) -> tuple[ir.Node, list[ir.Node]] | None:
                         chain.append(prod)
                         cur = parents[id(prod)][1]
                     return node, _between(probs, node.inputs[0])
-                if node.op_type in opaxes.ELEMENTWISE and id(node) not in parents:
+                if (node.op_type in opaxes.ELEMENTWISE or (node.op_type in _PROBS_VIEWS and index == 0)) and id(node) not in parents:
                     parents[id(node)] = (node, v)
                     nxt.extend(node.outputs)
         frontier = nxt
@@ -354,7 +357,9 @@ def _merge_ready(layout: Layout, space: HeadSpace) -> bool:
 def _walk_down(walker: _Walker, start: ir.Value, layout: Layout, space: HeadSpace) -> ValueKey:
     value = start
     while not _merge_ready(layout, space):
-        uses = list(value.uses())
+        # Shape readers only size a later Reshape (TorchScript's view targets); once that
+        # Reshape is in the block they die with it, and otherwise the split rebuilds the value.
+        uses = [u for u in value.uses() if u.node.op_type not in ("Shape", "Size")]
         if len(uses) != 1 or value.is_graph_output():
             break
         node, index = uses[0].node, uses[0].idx
@@ -518,20 +523,41 @@ def analyze_softmax(name: str, softmax: ir.Node, group: int = 1) -> Block:
     if axis not in (-1, len(sd) - 1):
         raise BlockError("softmax is not over the key axis", softmax)
     walker.add_instance(Instance(softmax, [layout], {0: layout}, along=[len(sd) - 1], path="scores"))
+    # Carry the probabilities' layout forward to MatMul(P, V): guards keep it, views regroup it.
+    layouts: dict[int, Layout] = {id(probs): layout}
+    between_insts = []
     for node in between:
-        if dims(node.outputs[0]) != sd:
-            raise BlockError("an op between softmax and MatMul(P, V) changes the shape", node)
-        res = rules.backward(node, 0, layout)
-        walker.add_instance(Instance(node, res.inputs, {0: layout}, path="probs"))
+        data = node.inputs[0]
+        in_layout = layouts.get(id(data))
+        if in_layout is None:
+            raise BlockError("an op between softmax and MatMul(P, V) reads the probabilities twice", node)
+        if node.op_type in _PROBS_VIEWS:
+            try:
+                out_layout = rules.forward(node, in_layout)
+            except Unsupported as exc:
+                raise BlockError(f"the probabilities cannot be followed to MatMul(P, V): {exc}", node) from None
+            inputs: list[Layout | None] = [in_layout] + [None] * (len(node.inputs) - 1)
+        else:
+            if dims(node.outputs[0]) != [ax.full_size for ax in in_layout] and dims(node.outputs[0]) != dims(data):
+                raise BlockError("an op between softmax and MatMul(P, V) changes the shape", node)
+            out_layout = in_layout
+            inputs = list(rules.backward(node, 0, out_layout).inputs)
+        layouts[id(node.outputs[0])] = out_layout
+        inst = Instance(node, inputs, {0: out_layout}, path="probs")
+        walker.add_instance(inst)
+        between_insts.append(inst)
+    p_layout = layouts.get(id(pv.inputs[0]))
+    if p_layout is None:
+        raise BlockError("the softmax output does not reach MatMul(P, V)", softmax)
     o_dims = dims(pv.outputs[0])
-    if o_dims is None or len(o_dims) != len(sd):
-        raise BlockError("MatMul(P, V) output rank differs from the scores", pv)
-    o_layout: Layout = layout[:-2] + (layout[-2], Axis((free(o_dims[-1]),)))
+    if o_dims is None or len(o_dims) != len(p_layout):
+        raise BlockError("MatMul(P, V) output rank differs from the probabilities", pv)
+    o_layout: Layout = p_layout[:-1] + (Axis((free(o_dims[-1]),)),)
     res = rules.backward(pv, 0, o_layout)
+    res.inputs[0] = p_layout
     walker.add_instance(Instance(pv, res.inputs, {0: o_layout}, path="core"))
-    for node in between:
-        inst = walker.produced[(node.outputs[0], layout)][0]
-        for inp, lay in zip(node.inputs, inst.inputs):
+    for inst in between_insts:
+        for inp, lay in zip(inst.node.inputs, inst.inputs):
             if inp is not None and lay is not None and (inp, lay) not in walker.produced and inp is not probs:
                 walker.leaf(inp, lay, "probs")
     walker.up(pv.inputs[1], res.inputs[1], "v")

@@ -46,6 +46,11 @@ class Atom:
     div: int = 1
     mod: int | None = None  # None: unbounded (outermost digit of a root of symbolic size)
     broadcast: bool = False
+    # A digit that is a window of a larger one: index i sits at position start + i of a digit
+    # of size ``span`` in the source dimension (the q/k/v selector of a fused projection on a
+    # middle axis: [B, S, H, 3, D] picks one of 3; Falcon's [B, S, KV, n + 2, D] the first n).
+    span: int | None = None
+    start: int = 0
 
     __hash__ = _cached_hash
 
@@ -53,6 +58,15 @@ class Atom:
     def extent(self) -> Size:
         """The atom's contribution to its axis size (1 for a broadcast stand-in)."""
         return 1 if self.broadcast else self.size
+
+    @property
+    def stride_size(self) -> Size:
+        """The atom's contribution to the size of the dimension it indexes (its span)."""
+        return self.span if self.span is not None else self.extent
+
+    def dense(self) -> Atom:
+        """The same digit in a tensor that holds only its window (a head's piece)."""
+        return self if self.span is None else replace(self, span=None, start=0)
 
     def same_as(self, other: Atom) -> bool:
         """Same digit of the same root (sizes of symbolic parts may be spelled differently)."""
@@ -314,7 +328,7 @@ def per_head_layout(layout: Layout, space: HeadSpace) -> tuple[Layout, list[int]
         if ax.atoms and all(k == "head" for k in kinds) and not any(a.root in space.matrix_roots for a in ax.atoms):
             removed.append(i)
             continue
-        kept = tuple(a for a, k in zip(ax.atoms, kinds) if k == "free")
+        kept = tuple(a.dense() for a, k in zip(ax.atoms, kinds) if k == "free" and (a.span is None or a.extent != 1))
         if len(kept) != len(ax.atoms):
             new_axes.append(Axis(kept))
         else:
@@ -338,7 +352,7 @@ def axis_indices(ax: Axis, space: HeadSpace, head: int) -> list[int] | None:
         return None
     heads, free_offsets = plan
     base = ax.offset + sum(space.index(a, head) * stride for a, stride in heads)
-    if isinstance(free_offsets, range):
+    if isinstance(free_offsets, range) and free_offsets.start == 0:
         return list(range(base, base + len(free_offsets)))
     return [base + f for f in free_offsets]
 
@@ -354,18 +368,21 @@ def _axis_plan(ax: Axis, space: HeadSpace) -> tuple[list[tuple[Atom, int]], list
     stride = 1
     for a in reversed(ax.atoms):
         strides.append(stride)
-        ext = a.extent
+        ext = a.stride_size
         if not isinstance(ext, int):
             raise ValueError("a head-carrying axis needs static sizes")
         stride *= ext
     strides.reverse()
     heads: list[tuple[Atom, int]] = []
     free_offsets = [0]
+    base = 0  # windows of digits (spans) start inside their digit
     for a, k, st in zip(ax.atoms, kinds, strides):
+        base += a.start * st
         if k == "head":
             heads.append((a, st))
         else:
             free_offsets = [i + j * st for i in free_offsets for j in range(int(a.extent))]
+    free_offsets = [base + f for f in free_offsets]
     if free_offsets == list(range(len(free_offsets))):
         return heads, range(len(free_offsets))  # the usual [.., head, dim] channel axis
     return heads, free_offsets

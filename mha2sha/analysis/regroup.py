@@ -11,7 +11,7 @@ remaining middle part of the shapes is taken as one group.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mha2sha.analysis.layout import Atom, Axis, Size, product
 
@@ -207,6 +207,21 @@ def regroup(src_axes: tuple[Axis, ...], src_dims: list[Size], dst_dims: list[Siz
                 outer = group_axes[0]
                 atoms = tuple(a for ax in group_axes for a in ax.atoms)
                 result[gd[0]] = Axis(atoms, outer.offset * stride, dst_dims[gd[0]])
+                continue
+            if len(gd) == 1:
+                # Windows inside the merged axis (a q/k/v selector on a middle axis: [H, 3, D]
+                # or Falcon's [KV, n + 2, D]): each window becomes a digit with a span.
+                atoms = []
+                for ax in group_axes:
+                    if not ax.is_window:
+                        atoms.extend(ax.atoms)
+                    elif not ax.atoms:
+                        atoms.append(Atom(1, span=ax.full_size, start=ax.offset))  # a picked index
+                    elif len(ax.atoms) == 1 and isinstance(ax.full_size, int):
+                        atoms.append(replace(ax.atoms[0], span=ax.full_size, start=ax.offset))
+                    else:
+                        raise RegroupError("a window of several digits inside a merged axis")
+                result[gd[0]] = Axis(tuple(atoms), 0, dst_dims[gd[0]])
                 continue
             raise RegroupError("a window of a dimension cannot be split by Reshape")
         atoms = [a for ax in group_axes for a in ax.atoms]
