@@ -118,7 +118,14 @@ def _peaked(model) -> None:
 
 def _hf_model(fam: Family, attn: str):
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, CLIPTextModel, CLIPVisionModel, WhisperForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        CLIPTextModel,
+        CLIPVisionModel,
+        WhisperForConditionalGeneration,
+    )
 
     torch.manual_seed(0)
     cfg = AutoConfig.for_model(fam.build["arch"], **fam.build["config"])
