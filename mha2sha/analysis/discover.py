@@ -55,6 +55,9 @@ class Leaf:
     layout: Layout
     path: str
     reason: str = ""  # why the walk stopped here (empty for constants and graph inputs)
+    # A normalisation across all heads (OLMo-2's q/k RMSNorm over H*D): computed once on the
+    # shared projection output, and its head channels are this block's projections.
+    spans_heads: bool = False
 
 
 @dataclass
@@ -149,6 +152,10 @@ class _Walker:
             if proj is not None:
                 self.projections[key] = proj
                 continue
+            if _norm_across_heads(node, out_index, lay):
+                # Kept whole before the split: each head reads its channels of the result.
+                self.leaves[key] = Leaf(v, lay, p, spans_heads=True)
+                continue
             try:
                 res = rules.backward(node, out_index, lay)
             except Unsupported as exc:
@@ -169,6 +176,18 @@ class _Walker:
                     self.leaf(inp, in_layout, paths[i])
                 else:
                     work.append((inp, in_layout, paths[i]))
+
+    def keep_whole_projections(self) -> None:
+        """A projection whose output is also read whole inside the block (the statistic of a
+        decomposed RMSNorm over H*D, OLMo-2 at opset 17/18) is computed once, as in the
+        original: its heads become slices of its output instead of per-head projections that
+        would compute the full projection a second time."""
+        whole = {id(key[0]) for key in self.produced if not _has_roots(key[1])}
+        walked = {id(inst.node) for inst in self.instances}
+        for key, proj in list(self.projections.items()):
+            if id(key[0]) in whole or _feeds_statistic(key[0], walked):
+                del self.projections[key]
+                self.leaves[key] = Leaf(key[0], key[1], proj.path, spans_heads=True)
 
     def _projection(self, node: ir.Node, out_index: int, layout: Layout, path: str) -> Projection | None:
         if out_index != 0 or node.op_type not in _PROJECTION_OPS or node.domain not in ("", "ai.onnx"):
@@ -198,6 +217,56 @@ class _Walker:
         if not has_head or not (has_free or any(a.extent != 1 for a in channel.atoms)):
             return None
         return Projection(node, layout, axis, weight_index, path)
+
+
+_NORMS = ("RMSNormalization", "LayerNormalization", "SimplifiedLayerNormalization")
+
+
+def _norm_across_heads(node: ir.Node, out_index: int, layout: Layout) -> bool:
+    """A fused normalisation whose statistic spans an axis holding head digits next to free
+    ones (the full projection width H*D), as opposed to a per-head q/k norm over D."""
+    if out_index != 0 or node.op_type not in _NORMS or node.domain not in ("", "ai.onnx", "com.microsoft"):
+        return False
+    axis = attr(node, "axis", -1)
+    axis = axis + len(layout) if axis < 0 else axis
+    for ax in layout[axis:]:
+        roots = [a for a in ax.atoms if a.root is not None and not a.broadcast and a.extent != 1]
+        frees = [a for a in ax.atoms if a.root is None and a.extent != 1]
+        if roots and frees:
+            return True
+    return False
+
+
+_REDUCTIONS = ("ReduceMean", "ReduceSumSquare", "ReduceL2", "ReduceSum")
+
+
+def _feeds_statistic(value: ir.Value, walked: set[int], depth: int = 3) -> bool:
+    """Whether ``value`` also feeds, outside the walked nodes and through a few elementwise
+    ops, a reduction (the mean square of a decomposed RMSNorm over the projection width)."""
+    # The statistic may read the projection output after a cast on the walked path.
+    values = [value]
+    for _ in range(depth):
+        values += [o for v in values for u in v.uses() if id(u.node) in walked and u.node.op_type in ("Cast", "Identity") for o in u.node.outputs]
+    frontier = [u.node for v in values for u in v.uses() if id(u.node) not in walked]
+    for _ in range(depth):
+        nxt = []
+        for node in frontier:
+            if node.op_type in _REDUCTIONS:
+                return True
+            if node.op_type in opaxes.ELEMENTWISE:
+                nxt.extend(u.node for out in node.outputs for u in out.uses() if id(u.node) not in walked)
+        frontier = nxt
+    return False
+
+
+def _head_channels(layout: Layout) -> list[tuple[int, int, int | None]]:
+    """Head digits of a boundary's channel axis (the innermost axis holding roots next to
+    free digits), outermost first."""
+    for ax in reversed(layout):
+        roots = [a for a in ax.atoms if a.root is not None and not a.broadcast]
+        if roots and any(a.root is None and a.extent != 1 for a in ax.atoms):
+            return [(a.root, a.div, a.mod) for a in roots]
+    return []
 
 
 def _bfs_core_matmul(start: ir.Value) -> ir.Node | None:
@@ -293,17 +362,18 @@ def _between(start: ir.Value, end: ir.Value) -> list[ir.Node]:
 
 def _head_space(walker: _Walker, anchor: ir.Node, matrix_roots: frozenset[int] = frozenset()) -> HeadSpace:
     digits: list[tuple[int, int, int]] | None = None
-    for proj in walker.projections.values():
-        if proj.path != "q":
-            continue
-        found = [(a.root, a.div, a.mod) for a in proj.layout[proj.channel].atoms if a.root is not None and not a.broadcast]
+    boundaries = [(proj.layout[proj.channel].atoms, proj.node) for proj in walker.projections.values() if proj.path == "q"]
+    boundaries += [(tuple(Atom(1, r, d, m) for r, d, m in _head_channels(leaf.layout)), leaf.value.producer())
+                   for leaf in walker.leaves.values() if leaf.spans_heads and leaf.path == "q"]
+    for atoms, at in boundaries:
+        found = [(a.root, a.div, a.mod) for a in atoms if a.root is not None and not a.broadcast]
         if any(m is None for _, _, m in found):
-            raise BlockError("the head count is not static", proj.node)
+            raise BlockError("the head count is not static", at)
         found = [f for f in found if f[2] != 1]
         if digits is None:
             digits = found  # type: ignore[assignment]
         elif digits != found:
-            raise BlockError("query projections disagree on the head layout", proj.node)
+            raise BlockError("query projections disagree on the head layout", at)
     if digits is None:
         if walker.root_sizes and all(size == 1 for size in walker.root_sizes[1:]):
             raise BlockError("the attention has a single head: nothing to split", anchor)
@@ -409,16 +479,50 @@ def _features(walker: _Walker, space: HeadSpace) -> dict[str, str]:
             past = "concat"
     if "Attention" in ops:
         rope = rope if rope != "none" else "none"
-    q_projs = sum(1 for p in walker.projections.values() if p.path == "q")
+    lora = _adds_projections(walker)
     projection_ops = sorted({p.node.op_type for p in walker.projections.values() if p.path == "q"})
     return {
         "rope": rope,
         "mask": mask,
         "past_kv": past,
-        "lora": "yes" if q_projs > 1 else "no",
+        "lora": "yes" if lora else "no",
         "projection": "/".join(projection_ops) or "none",
-        "qk_norm": "yes" if any(i.node.op_type in ("ReduceMean", "RMSNormalization", "SimplifiedLayerNormalization", "LayerNormalization") for i in walker.instances if i.path in ("q", "k")) else "no",
+        "qk_norm": "yes" if any(i.node.op_type in ("ReduceMean", "RMSNormalization", "SimplifiedLayerNormalization", "LayerNormalization") for i in walker.instances if i.path in ("q", "k"))
+        or any(leaf.spans_heads for leaf in walker.leaves.values()) else "no",
     }
+
+
+def _adds_projections(walker: _Walker) -> bool:
+    """LoRA on the query path: an Add joining the outputs of different query projections
+    (base + B(A(x))). Projections joined by a Concat (joint attention's image and text
+    streams) or one projection feeding both RoPE terms are not LoRA."""
+    memo: dict[int, frozenset[int]] = {}
+
+    def sources(key) -> frozenset[int]:
+        proj = walker.projections.get(key)
+        if proj is not None:
+            return frozenset({id(proj)})
+        found = walker.produced.get(key)
+        if found is None:
+            return frozenset()
+        inst = found[0]
+        if id(inst) not in memo:
+            memo[id(inst)] = frozenset()  # cycles cannot occur in a DAG; guards re-entry
+            acc: set[int] = set()
+            for v, lay in zip(inst.node.inputs, inst.inputs):
+                if v is not None and lay is not None:
+                    acc |= sources((v, lay))
+            memo[id(inst)] = frozenset(acc)
+        return memo[id(inst)]
+
+    for inst in walker.instances:
+        if inst.path != "q" or inst.node.op_type not in ("Add", "Sum"):
+            continue
+        parts = [sources((v, lay)) for v, lay in zip(inst.node.inputs, inst.inputs) if v is not None and lay is not None]
+        parts = [p for p in parts if p]
+        if len(parts) >= 2 and any(a.isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1:]):
+            return True
+    return False
 
 
 def _grouped(space: HeadSpace, group: int, anchor: ir.Node) -> HeadSpace:
@@ -447,7 +551,8 @@ def _kv_heads(walker: _Walker, space: HeadSpace) -> int:
     return len(keys) if keys else 1
 
 
-def _finish(name: str, anchor: ir.Node, walker: _Walker, heads: HeadSpace, space: HeadSpace, outputs: list[ValueKey]) -> Block:
+def _finish(name: str, anchor: ir.Node, walker: _Walker, heads: HeadSpace, space: HeadSpace, outputs: list[ValueKey],
+            head_dim: int | None = None) -> Block:
     """``heads``: one query head per piece (for reporting); ``space``: how the block is split."""
     if heads.num_heads < 2:
         raise BlockError("the attention has a single head: nothing to split", anchor)
@@ -464,11 +569,14 @@ def _finish(name: str, anchor: ir.Node, walker: _Walker, heads: HeadSpace, space
         if space.group > 1:
             raise BlockError(f"--build-ar {space.group}: the groups of query heads do not map onto whole kv heads here ({exc.reason})", exc.at) from None
         raise
-    head_dim = None
     for proj in walker.projections.values():
         if proj.path == "q" and head_dim is None:
             per_head, _ = per_head_layout(proj.layout, heads)
             size = per_head[proj.channel].size
+            head_dim = size if isinstance(size, int) else None
+    for leaf in walker.leaves.values():
+        if leaf.spans_heads and leaf.path == "q" and head_dim is None:
+            size = per_head_layout(leaf.layout, heads)[0][-1].size
             head_dim = size if isinstance(size, int) else None
     # Keep only the nodes that carry heads; the others stay shared and feed the block.
     kept = [inst for inst in walker.instances if any(head_atoms(lay, space) for lay in inst.outputs.values())]
@@ -562,6 +670,7 @@ def analyze_softmax(name: str, softmax: ir.Node, group: int = 1) -> Block:
                 walker.leaf(inp, lay, "probs")
     walker.up(pv.inputs[1], res.inputs[1], "v")
     walker.up(scores, layout, "scores")
+    walker.keep_whole_projections()
     heads = _head_space(walker, softmax, frozenset({len(sd) - 2}))
     space = _grouped(heads, group, softmax)
     merge = _walk_down(walker, pv.outputs[0], o_layout, space)
@@ -637,12 +746,14 @@ def analyze_attention_op(name: str, node: ir.Node, group: int = 1) -> Block:
             walker.up(inp, lay, path)
         else:
             walker.leaf(inp, lay, path)
+    walker.keep_whole_projections()
     head_space = HeadSpace(((1, 1, heads),))
     space = _grouped(head_space, group, node)
     if group > 1:
         raise BlockError("--build-ar > 1 is not supported for the opset-23 Attention op yet", node)
     merge = _walk_down(walker, node.outputs[0], ly, space)
-    return _finish(name, node, walker, head_space, space, [merge])
+    d = qd[-1] if len(qd) == 4 else d_q
+    return _finish(name, node, walker, head_space, space, [merge], head_dim=d if isinstance(d, int) else None)
 
 
 def find_anchors(graph: ir.Graph) -> list[ir.Node]:

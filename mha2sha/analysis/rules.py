@@ -180,9 +180,17 @@ def _tile(node: ir.Node, out: Layout) -> RuleResult:
     return RuleResult([tuple(inp), None])
 
 
+def _whole_root(ax: Axis) -> bool:
+    """An axis that is one whole candidate root (the query sequence of joint attention), not a
+    digit of a folded one: concatenating along it joins positions, never heads. Should heads
+    turn out to live there, the block is refused (Concat works along the axis)."""
+    return len(ax.atoms) == 1 and ax.atoms[0].root is not None and ax.atoms[0].div == 1 and not ax.atoms[0].broadcast \
+        and (ax.atoms[0].mod is None or ax.atoms[0].mod == ax.atoms[0].size)
+
+
 def _concat(node: ir.Node, out: Layout) -> RuleResult:
     axis = norm_axis(attr(node, "axis"), len(out))
-    if any(a.root is not None for a in out[axis].atoms) or out[axis].is_window:
+    if out[axis].is_window or (any(a.root is not None for a in out[axis].atoms) and not _whole_root(out[axis])):
         raise Unsupported("Concat along an axis that carries heads")
     inputs = []
     for v in node.inputs:

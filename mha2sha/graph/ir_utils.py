@@ -126,5 +126,8 @@ def in_memory(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
     if not isinstance(tensor, ir.ExternalTensor):
         return tensor
     array = np.array(tensor.numpy(), copy=True)
-    tensor.release()
+    try:
+        tensor.release()
+    except BufferError:
+        pass  # a view of the mapping is still alive elsewhere: it is unmapped when that goes
     return ir.Tensor(array, name=tensor.name)

@@ -76,6 +76,15 @@ def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cach
                 if split is not None:
                     per_head_out.append((value, split))
                     continue
+            if path == "scores" and (value, layout) not in block.merges:
+                # A bias read outside the block too (Bloom's ALiBi table [B*H, 1, T], shared
+                # by every layer): where the heads cannot be put back together, the original
+                # nodes keep computing it for the other readers, once.
+                try:
+                    rebuilt.append((value, splitter.reconstruct(value, layout)))
+                except SplitError:
+                    pass
+                continue
             rebuilt.append((value, splitter.reconstruct(value, layout)))
     except (SplitError, ValueError) as exc:
         _rollback(graph, splitter, initializers_before)

@@ -341,8 +341,63 @@ class BlockSplitter:
             sel.append((idx, not keep))
         return sel
 
+    def _folded_axes(self, layout: Layout) -> list[int]:
+        """Axes holding head digits next to digits of run-time size ([B*H] with a symbolic
+        batch): a head's indices there are not static, so the tensor is unfolded first."""
+        found = []
+        for i, ax in enumerate(layout):
+            atoms = self.space.refine_axis(ax).atoms
+            if len(atoms) > 1 and head_atoms((ax,), self.space) and any(not isinstance(a.extent, int) for a in atoms):
+                found.append(i)
+        return found
+
+    def _unfold(self, value: ir.Value, layout: Layout, axes: list[int]) -> tuple[ir.Value, Layout]:
+        """``value`` reshaped so that each axis in ``axes`` becomes one axis per digit (made
+        once, shared by every head): Shape -> Concat(prefix, digit sizes, suffix) -> Reshape."""
+        key = ("unfold", id(value), layout)
+        cached = self.emitted.get(key)
+        if cached is not None:
+            return cached
+        self._shared += 1
+        try:
+            current, current_layout = value, layout
+            for axis in sorted(axes, reverse=True):  # later axes first: earlier indices stay valid
+                atoms = self.space.refine_axis(current_layout[axis]).atoms
+                sizes = [a.extent if isinstance(a.extent, int) else -1 for a in atoms]
+                if sizes.count(-1) > 1:
+                    raise SplitError(f"cannot unfold the heads of {value.name!r}: several run-time sizes in one axis", value.producer())
+                shape = self._value(self._unique(f"{self.block.name}.{value.name}.shape"), None, dtype=ir.DataType.INT64)
+                self._node("Shape", [current], None, f"{self.block.name}.unfold_shape", [shape])
+                parts = []
+                if axis > 0:
+                    head_part = self._value(self._unique(f"{self.block.name}.{value.name}.outer"), None, dtype=ir.DataType.INT64)
+                    self._node("Slice", [shape, self._ints("shared", "starts", [0]), self._ints("shared", "ends", [axis])], None, f"{self.block.name}.unfold_outer", [head_part])
+                    parts.append(head_part)
+                parts.append(self._ints("shared", "dims", sizes))
+                tail = self._value(self._unique(f"{self.block.name}.{value.name}.inner"), None, dtype=ir.DataType.INT64)
+                self._node("Slice", [shape, self._ints("shared", "starts", [axis + 1]), self._ints("shared", "ends", [2**62])], None, f"{self.block.name}.unfold_inner", [tail])
+                parts.append(tail)
+                target = self._value(self._unique(f"{self.block.name}.{value.name}.unfolded_shape"), None, dtype=ir.DataType.INT64)
+                self._node("Concat", parts, {"axis": 0}, f"{self.block.name}.unfold_target", [target])
+                out = self._value(self._unique(f"{self.block.name}.{value.name}.unfolded"), value)
+                self._node("Reshape", [current, target], None, f"{self.block.name}.unfold", [out])
+                current_layout = current_layout[:axis] + tuple(Axis((a,)) for a in atoms) + current_layout[axis + 1:]
+                current = out
+        finally:
+            self._shared -= 1
+        self.emitted[key] = (current, current_layout)
+        return current, current_layout
+
     def _emit_leaf(self, leaf: Leaf, head: int, keep_rank: bool) -> None:
         value, layout = leaf.value, leaf.layout
+        folded = self._folded_axes(layout) if const_array(value) is None else []
+        if folded:
+            unfolded, unfolded_layout = self._unfold(value, layout, folded)
+            if len(per_head_layout(unfolded_layout, self.space)[0]) != len(per_head_layout(layout, self.space)[0]):
+                raise SplitError(f"cannot take one head of {value.name!r}: its batch and head digits are folded with others", value.producer())
+            self._emit_leaf(Leaf(unfolded, unfolded_layout, leaf.path), head, keep_rank)
+            self._set_piece(value, layout, head, self.pieces[self._piece_key(unfolded, unfolded_layout, head, keep_rank)], keep_rank)
+            return
         sel = self._selection(layout, head, keep_rank)
         tag = self._tag(layout, head)
         if all(idx is None and not rm for idx, rm in sel):
