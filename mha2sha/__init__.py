@@ -1,6 +1,9 @@
 """mha2sha: rewrite multi-head attention in ONNX models into verified single-head attention."""
 
-__version__ = "0.1.0"
+from mha2sha._version import __version__
+
+# The Python entry points (docs/architecture.md); each is imported on first use.
+__all__ = ["__version__", "convert", "inspect", "ConvertOptions", "ConversionResult", "MHA2SHAConverter"]
 
 
 def __getattr__(name: str):
@@ -14,3 +17,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'mha2sha' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

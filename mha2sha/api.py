@@ -135,7 +135,7 @@ def inspect(model_path: str | Path, *, allow_hard_links: bool = False) -> list[B
 
 
 def _base_report(model_path: Path, opts: ConvertOptions) -> dict:
-    from mha2sha import __version__
+    from mha2sha._version import __version__
 
     return {
         "status": "fail",
@@ -215,7 +215,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
                                 requantized=requantized, progress=p)
         timings["split"] = time.perf_counter() - t0
         if opts.expectations is not None:
-            from mha2sha.compat import check_expectations
+            from mha2sha.expectations import check_expectations
 
             report["expectations"] = check_expectations(opts.expectations, split.blocks)
             report["strict_expectations"] = bool(getattr(opts.expectations, "strict", False))
@@ -436,8 +436,10 @@ def _encoded_names(encodings, split: SplitResult) -> set[str]:
 def _validate_encodings(encodings, model: ir.Model) -> list[str]:
     """Channel counts against the model's tensors (a mismatch is bad input: exit 2); names
     the model does not have come back as warnings for the report."""
+    from mha2sha.encodings import validate_against
+
     try:
-        warnings = encodings.validate_against(model)
+        warnings = validate_against(encodings, model)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
     if warnings:

@@ -9,7 +9,7 @@ from pathlib import Path
 def run_demo(output: str | Path, example: str = "llama3-tiny") -> int:
     from fuzz import examples
     from mha2sha.api import ConvertOptions, convert
-    from mha2sha.cli import blocks_table
+    from mha2sha.console import blocks_table
     from verify.report import verdict_table
 
     out = Path(output)

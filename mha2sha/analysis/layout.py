@@ -25,8 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-Size = int | str | None
-"""A dimension: a static int, a symbolic name, or None when unknown."""
+from mha2sha.graph.ir_utils import Size  # a dimension: static int, symbolic name, or None
 
 
 def _cached_hash(self) -> int:

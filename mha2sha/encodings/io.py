@@ -10,7 +10,7 @@ from pathlib import Path
 from mha2sha.encodings import formats
 from mha2sha.encodings.errors import EncodingsError, Problem
 from mha2sha.encodings.formats._render import RenderContext
-from mha2sha.encodings.layout import as_view
+from mha2sha.encodings.layout import as_view, bind
 from mha2sha.encodings.model import EncodingSet
 
 
@@ -61,7 +61,8 @@ def to_object(enc_set: EncodingSet, *, version: str | None = None, model=None, n
     version = version or enc_set.version
     view = as_view(model) if model is not None else None
     if view is not None and version != enc_set.version:
-        enc_set = enc_set.clone().bind(view)
+        enc_set = enc_set.clone()
+        bind(enc_set, view)
     ctx = RenderContext(version, view)
     try:
         obj = formats.render(enc_set, version, ctx)

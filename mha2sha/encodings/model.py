@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mha2sha.encodings.errors import OBJECT_SOURCE
+from refimpl.quant import QuantEncoding
 
 KINDS = ("float", "per_tensor", "per_channel", "per_block", "lpbq")
 BLOCKED = ("per_block", "lpbq")
@@ -195,10 +196,8 @@ class TensorEncoding:
                 raise ValueError("the block axis must differ from the channel axis")
         return moved
 
-    def to_quant(self, *, channel_axis: int | None = None, shape: Sequence[int] | None = None):
-        """The numeric form (refimpl.quant.QuantEncoding): see mha2sha.encodings.numeric."""
-        from mha2sha.encodings.numeric import to_quant
-
+    def to_quant(self, *, channel_axis: int | None = None, shape: Sequence[int] | None = None) -> QuantEncoding:
+        """The numeric form (refimpl.quant.QuantEncoding): see ``to_quant`` below."""
         return to_quant(self, channel_axis=channel_axis, shape=shape)
 
     def __repr__(self) -> str:
@@ -262,25 +261,35 @@ class EncodingSet:
         self.tensors[name] = enc
         return enc
 
-    # -- against a model ----------------------------------------------------------------
-    def bind(self, model) -> EncodingSet:
-        """Fill in, from ``model`` (onnx.ModelProto or onnx_ir.Model), what the file did not
-        store: each parameter's channel axis (by its consumer op), rank and block axis, and
-        the channel count of 1.0.0 per-block entries. Stored values are kept. In place."""
-        from mha2sha.encodings.layout import bind
 
-        bind(self, model)
-        return self
-
-    def validate_against(self, model) -> list[str]:
-        """Check channel counts against ``model``; raises EncodingsError on a mismatch and
-        returns warnings (names the model does not have) for the report."""
-        from mha2sha.encodings.validate import validate_against
-
-        return validate_against(self, model)
-
-    def numeric(self, model) -> dict:
-        """{tensor: refimpl.quant.QuantEncoding} for every encoded tensor of ``model``."""
-        from mha2sha.encodings.numeric import numeric_encodings
-
-        return numeric_encodings(self, model)
+def to_quant(enc: TensorEncoding, *, channel_axis: int | None = None, shape: Sequence[int] | None = None) -> QuantEncoding:
+    """The numeric form of ``enc`` for a tensor of ``shape`` whose output channels lie on
+    ``channel_axis`` (both needed only for what the file does not store: axes in 0.6.1 /
+    1.0.0, the channel count of 1.0.0 per-block entries)."""
+    if enc.kind == "float":
+        return QuantEncoding("float", enc.bitwidth, False, np.zeros(()), np.zeros(()))
+    symmetric = enc.inferred_symmetric()
+    if enc.kind == "per_tensor":
+        return QuantEncoding("int", enc.bitwidth, symmetric, as_float(enc.scale), as_float(enc.offset))
+    rank = len(shape) if shape is not None else enc.rank
+    axis = enc.channel_axis if enc.channel_axis is not None else channel_axis
+    if axis is None:
+        raise ValueError("the channel axis is not in the file: pass channel_axis (see channel_axis_of)")
+    if rank is not None:
+        axis %= rank
+    if shape is not None and enc.channels is not None and shape[axis] != enc.channels:
+        raise ValueError(f"{enc.channels} channels in the encoding, {shape[axis]} on axis {axis} of {list(shape)}")
+    if enc.kind == "per_channel":
+        return QuantEncoding("int", enc.bitwidth, symmetric, as_float(enc.scale), as_float(enc.offset), axis=axis)
+    if rank is None:
+        raise ValueError("a per-block encoding needs the tensor's shape")
+    block_axis = (enc.block_axis if enc.block_axis is not None else default_block_axis(axis, rank)) % rank
+    if enc.kind == "per_block":
+        grid = enc.with_channels(shape[axis]) if enc.channels is None and shape is not None else enc
+        if grid.channels is None:
+            raise ValueError("a 1.0.0 per-block encoding needs the tensor's shape")
+        scale, offset = as_float(grid.scale), as_float(grid.offset)
+    else:
+        scale = (as_float(enc.per_block_int_scale).astype(np.float32) * as_float(enc.scale).astype(np.float32)[:, None]).astype(np.float64)
+        offset = np.full(scale.shape, -(2.0 ** (enc.bitwidth - 1)))
+    return QuantEncoding("int", enc.bitwidth, True, scale, offset, axis=axis, block_axis=block_axis, block_size=enc.block_size)

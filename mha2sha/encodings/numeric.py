@@ -8,46 +8,11 @@ non-negative when the rank is known.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
-
 from mha2sha.encodings.layout import as_view, channel_axis_of
-from mha2sha.encodings.model import EncodingSet, TensorEncoding, as_float, default_block_axis
+from mha2sha.encodings.model import EncodingSet, to_quant
 from refimpl.quant import QuantEncoding
 
-
-def to_quant(enc: TensorEncoding, *, channel_axis: int | None = None, shape: Sequence[int] | None = None) -> QuantEncoding:
-    """The numeric form of ``enc`` for a tensor of ``shape`` whose output channels lie on
-    ``channel_axis`` (both needed only for what the file does not store: axes in 0.6.1 /
-    1.0.0, the channel count of 1.0.0 per-block entries)."""
-    if enc.kind == "float":
-        return QuantEncoding("float", enc.bitwidth, False, np.zeros(()), np.zeros(()))
-    symmetric = enc.inferred_symmetric()
-    if enc.kind == "per_tensor":
-        return QuantEncoding("int", enc.bitwidth, symmetric, as_float(enc.scale), as_float(enc.offset))
-    rank = len(shape) if shape is not None else enc.rank
-    axis = enc.channel_axis if enc.channel_axis is not None else channel_axis
-    if axis is None:
-        raise ValueError("the channel axis is not in the file: pass channel_axis (see channel_axis_of)")
-    if rank is not None:
-        axis %= rank
-    if shape is not None and enc.channels is not None and shape[axis] != enc.channels:
-        raise ValueError(f"{enc.channels} channels in the encoding, {shape[axis]} on axis {axis} of {list(shape)}")
-    if enc.kind == "per_channel":
-        return QuantEncoding("int", enc.bitwidth, symmetric, as_float(enc.scale), as_float(enc.offset), axis=axis)
-    if rank is None:
-        raise ValueError("a per-block encoding needs the tensor's shape")
-    block_axis = (enc.block_axis if enc.block_axis is not None else default_block_axis(axis, rank)) % rank
-    if enc.kind == "per_block":
-        grid = enc.with_channels(shape[axis]) if enc.channels is None and shape is not None else enc
-        if grid.channels is None:
-            raise ValueError("a 1.0.0 per-block encoding needs the tensor's shape")
-        scale, offset = as_float(grid.scale), as_float(grid.offset)
-    else:
-        scale = (as_float(enc.per_block_int_scale).astype(np.float32) * as_float(enc.scale).astype(np.float32)[:, None]).astype(np.float64)
-        offset = np.full(scale.shape, -(2.0 ** (enc.bitwidth - 1)))
-    return QuantEncoding("int", enc.bitwidth, True, scale, offset, axis=axis, block_axis=block_axis, block_size=enc.block_size)
+__all__ = ["numeric_encodings", "to_quant"]  # to_quant lives with TensorEncoding (model.py)
 
 
 def numeric_encodings(enc_set: EncodingSet, model) -> dict[str, QuantEncoding]:

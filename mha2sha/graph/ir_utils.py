@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mha2sha.analysis.layout import Size
+Size = int | str | None
+"""A dimension: a static int, a symbolic name, or None when unknown."""
 
 
 def dims(value: ir.Value) -> list[Size] | None:
