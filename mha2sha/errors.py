@@ -47,3 +47,16 @@ class NoAttentionError(Mha2ShaError):
     """No attention block could be converted."""
 
     exit_code = EXIT_NO_ATTENTION
+
+
+class Refusal(Exception):
+    """A block the converter leaves unchanged, and why: the one refusal type of every stage
+    (finding the heads, splitting, the passes). ``reason`` is a sentence a user can act on,
+    ``at`` the node where the stage stopped (None when no single node is to blame). Not a
+    Mha2ShaError: a refused block is reported, the run goes on."""
+
+    def __init__(self, reason: str, at=None):
+        super().__init__(reason)
+        self.reason = reason
+        self.at = at
+

@@ -41,6 +41,14 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 
+def safe_output_name(name: str) -> str:
+    """A file name that stays inside the output folder whatever the model calls itself."""
+    cleaned = "".join(c if c.isalnum() or c in "._-+" else "_" for c in name).lstrip(".")
+    if not cleaned:
+        raise OutputError(name, "the output name is empty after removing unsafe characters")
+    return cleaned
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` as a complete file (temporary name, then rename), with the
     mode any file the user writes gets (umask), unlike mkstemp's 0600."""
@@ -98,8 +106,6 @@ class OutputTransaction:
     # -- staging ------------------------------------------------------------------------
     def path(self, name: str) -> Path:
         """Where to write the output file ``name`` (a relative path) for now."""
-        from mha2sha.graph.io import safe_output_name
-
         parts = Path(name).parts
         name = "/".join([*parts[:-1], safe_output_name(parts[-1])])
         self.check_target(name)

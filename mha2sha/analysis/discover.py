@@ -21,6 +21,7 @@ import onnx_ir as ir
 from mha2sha.analysis import opaxes, rules
 from mha2sha.analysis.layout import Atom, Axis, HeadSpace, Layout, free, head_atoms, per_head_layout
 from mha2sha.analysis.rules import Unsupported
+from mha2sha.errors import Refusal
 from mha2sha.graph.ir_utils import attr, const_array, describe, dims, is_const
 
 ValueKey = tuple[ir.Value, Layout]
@@ -87,11 +88,7 @@ class Skipped:
         return f"{describe(self.anchor)}: {self.reason}{where}"
 
 
-class BlockError(Exception):
-    def __init__(self, reason: str, at: ir.Node | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.at = at
+BlockError = Refusal  # the analysis' refusals are the converter's one refusal type
 
 
 _PROJECTION_OPS = ("MatMul", "Gemm", "Conv")

@@ -22,7 +22,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from mha2sha.errors import InputError, OutputError
-from mha2sha.outputs import OutputTransaction
+from mha2sha.outputs import OutputTransaction, safe_output_name  # noqa: F401  (callers read it here)
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum"}
 # Above this many bytes of weights, save with an external data file (protobuf's limit is 2 GB).
@@ -146,14 +146,6 @@ def _trust_checked_locations(model: ir.Model, base: str) -> None:
         t = value.const_value
         if isinstance(t, ir.ExternalTensor):
             value.const_value = ir.ExternalTensor(os.path.join(base, t.location), t.offset, t.length, t.dtype, shape=t.shape, name=t.name, base_dir="")
-
-
-def safe_output_name(name: str) -> str:
-    """A file name that stays inside the output folder whatever the model calls itself."""
-    cleaned = "".join(c if c.isalnum() or c in "._-+" else "_" for c in name).lstrip(".")
-    if not cleaned:
-        raise OutputError(name, "the output name is empty after removing unsafe characters")
-    return cleaned
 
 
 def prepare_output_dir(out_dir: str | os.PathLike, input_paths: list[Path]) -> Path:

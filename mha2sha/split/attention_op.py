@@ -29,6 +29,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from mha2sha.errors import Refusal
 from mha2sha.graph.ir_utils import dims
 
 
@@ -36,8 +37,6 @@ def emit(em, inst, ins: list, head: int, tag: str) -> dict[int, ir.Value]:
     """Emit query head ``head`` of the Attention instance ``inst`` through the emitter ``em``
     (mha2sha.split.emit.BlockEmitter); ``ins`` are the head's pieces of the node's inputs:
     q [B, S, D], k / v [B, S_kv, D], mask [B|1, S|1, T] (head axis removed), past [B, P, D]."""
-    from mha2sha.split.emit import SplitError
-
     node = inst.node
     em._replayable = False  # shares kv-head and block-level values through the caches below
     q, k, v = ins[0], ins[1], ins[2]
@@ -45,7 +44,7 @@ def emit(em, inst, ins: list, head: int, tag: str) -> dict[int, ir.Value]:
     past_k = ins[4] if len(ins) > 4 else None
     past_v = ins[5] if len(ins) > 5 else None
     if len(ins) > 6 and ins[6] is not None:
-        raise SplitError("the Attention op's nonpad_kv_seqlen is not decomposed per head", node)
+        raise Refusal("the Attention op's nonpad_kv_seqlen is not decomposed per head", node)
     name = f"{em.block.name}.{tag}"
     cache = em.__dict__.setdefault("_attention_shared", {})
 
@@ -115,14 +114,12 @@ def _attr(node: ir.Node, name: str):
 
 
 def _head_dim(node: ir.Node, q_dims) -> int:
-    from mha2sha.split.emit import SplitError
-
     if q_dims is not None and len(q_dims) == 4 and isinstance(q_dims[3], int):
         return q_dims[3]
     heads = _attr(node, "q_num_heads")
     if q_dims is not None and len(q_dims) == 3 and isinstance(q_dims[2], int) and heads:
         return q_dims[2] // heads
-    raise SplitError("the Attention op's head size is not static", node)
+    raise Refusal("the Attention op's head size is not static", node)
 
 
 def _total_keys(node: ir.Node):
@@ -134,8 +131,6 @@ def _total_keys(node: ir.Node):
 
 def _bias(em, node: ir.Node, mask, dtype, q_dims, k_dims, cache, scores: ir.Value) -> ir.Value | None:
     """The additive bias of the scores [B|1, S, T], built once per block and mask piece."""
-    from mha2sha.split.emit import SplitError
-
     causal = bool(_attr(node, "is_causal") or 0)
     key = ("bias", id(node.inputs[3]) if len(node.inputs) > 3 else None, id(mask), causal)
     if key in cache:
@@ -148,7 +143,7 @@ def _bias(em, node: ir.Node, mask, dtype, q_dims, k_dims, cache, scores: ir.Valu
     if mask is not None:
         mask_t = (dims(mask) or [None])[-1]
         if isinstance(mask_t, int) and isinstance(t, int) and mask_t != t:
-            raise SplitError("the Attention mask covers fewer keys than the scores", node)
+            raise Refusal("the Attention mask covers fewer keys than the scores", node)
         if mask.dtype == ir.DataType.BOOL:
             zero = _scalar(em, f"{name}.zero", 0.0, dtype)
             fill = _scalar(em, f"{name}.lowest", lowest, dtype)

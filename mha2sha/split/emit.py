@@ -27,6 +27,7 @@ from mha2sha.analysis.layout import (
     per_head_layout,
     same_atoms,
 )
+from mha2sha.errors import Refusal
 from mha2sha.graph.derived import Take, derived_tensor, take
 from mha2sha.graph.ir_utils import (
     attr,
@@ -38,12 +39,7 @@ from mha2sha.graph.ir_utils import (
     norm_axis,
 )
 
-
-class SplitError(Exception):
-    def __init__(self, reason: str, at: ir.Node | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.at = at
+SplitError = Refusal  # the splitter's refusals are the converter's one refusal type
 
 
 @dataclass
