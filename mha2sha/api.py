@@ -292,7 +292,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
                                         conv=conv_record, encodings_version=opts.encodings_version)
             report["lora_adaptors"] = {
                 "adaptors": [{"name": a.name, "tensors": len(a.tensors), "cast_to_model_dtype": a.cast,
-                              "encodings": a.encodings_summary} for a in adaptors.adaptors],
+                              "encodings": a.encodings_summary, **({"peft": a.peft} if a.peft else {})} for a in adaptors.adaptors],
                 "tensor_names": len(adaptors.tensor_names),
             }
         # Verification reads the staged model; the report names where it will be.

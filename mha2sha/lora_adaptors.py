@@ -28,8 +28,11 @@ Each key of an adaptor's safetensors file is the **name of an initializer of the
 as it was given to the converter** (the MHA model, e.g.
 ``model.layers.0.self_attn.q_proj.lora_A.weight`` or ``onnx::MatMul_597``), and its value has
 **exactly that initializer's shape** (the layout the graph uses: [in, r] for a MatMul lora_A,
-[r, in, 1, 1] for a Conv one). Nothing is matched by pattern or by PEFT module names: rename
-PEFT keys to the exported initializer names before converting. A float dtype other than the
+[r, in, 1, 1] for a Conv one). PEFT adaptors are the exception: ``lora_weights`` names a PEFT
+folder (``adapter_model.safetensors`` + ``adapter_config.json``) or its safetensors file, and
+its keys (module paths, torch layouts, scaling lora_alpha / r) are mapped onto the graph's LoRA
+branches first, by structure and by the module path the export kept (mha2sha.peft_adaptors).
+A float dtype other than the
 initializer's is cast to it (reported); every other mismatch is an error naming the tensor.
 Every adaptor must provide the same set of tensors: an adaptor applied after another must
 overwrite every tensor the other one set.
@@ -52,7 +55,6 @@ the ``use_case`` form, pointing at the converted files).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -70,131 +72,44 @@ TENSOR_NAMES_FILE = "lora_tensor_names.txt"
 ADAPTOR_LIST_FILE = "lora_adaptors.yaml"
 
 # ---------------------------------------------------------------------------------------------
-# safetensors (https://github.com/huggingface/safetensors, "Format"): an 8-byte little-endian
-# unsigned header length N, N bytes of UTF-8 JSON {name: {"dtype", "shape", "data_offsets":
-# [begin, end]}, "__metadata__": {str: str}}, then the byte buffer; offsets are relative to
-# the buffer, tensors are little-endian and C-ordered, and the buffer has no holes.
+# safetensors files, through the ``safetensors`` library (numpy framework)
 # ---------------------------------------------------------------------------------------------
-
-_ST_DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-}
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 class SafetensorsError(InputError, ValueError):
-    """A safetensors file that does not follow the format."""
-
-
-def _st_name(dtype: np.dtype) -> str:
-    dtype = np.dtype(dtype)
-    for name, dt in _ST_DTYPES.items():
-        if dt.kind == dtype.kind and dt.itemsize == dtype.itemsize:
-            return name
-    raise ValueError(f"safetensors cannot store dtype {dtype}")
+    """A safetensors file that cannot be read (the library's reason in the message)."""
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file. BF16 tensors are returned as float32
-    (exactly); every other dtype as stored. Malformed files raise SafetensorsError."""
+    (exactly: a bfloat16 is the upper half of a float32); every other dtype as stored.
+    Unreadable or malformed files raise SafetensorsError."""
+    import ml_dtypes
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     try:
-        size = path.stat().st_size
-        fh = open(path, "rb")
+        with safe_open(str(path), framework="np") as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {}
+            for name in fh.keys():
+                arr = fh.get_tensor(name)
+                tensors[name] = arr.astype(np.float32) if arr.dtype == ml_dtypes.bfloat16 else arr
     except OSError as exc:
         raise SafetensorsError(path, f"cannot read: {exc.strerror or exc}") from None
-    with fh:
-        if size < 8:
-            raise SafetensorsError(path, "not a safetensors file (shorter than its 8-byte header length)")
-        n = int.from_bytes(fh.read(8), "little")
-        if n > min(size - 8, _MAX_HEADER):
-            raise SafetensorsError(path, f"header length {n} exceeds the file")
-        raw = fh.read(n)
-        try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise SafetensorsError(path, f"header is not valid JSON: {exc}") from None
-        if not isinstance(header, dict):
-            raise SafetensorsError(path, "header is not a JSON object")
-        metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise SafetensorsError(path, "__metadata__ must map strings to strings")
-        buffer_len = size - 8 - n
-        spans = []
-        for name, entry in header.items():
-            if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-                raise SafetensorsError(path, f"tensor {name!r}: entry needs exactly dtype, shape and data_offsets")
-            dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-            if dtype_name != "BF16" and dtype_name not in _ST_DTYPES:
-                raise SafetensorsError(path, f"tensor {name!r}: unsupported dtype {dtype_name!r}")
-            if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-                raise SafetensorsError(path, f"tensor {name!r}: shape must be a list of non-negative integers")
-            if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-                raise SafetensorsError(path, f"tensor {name!r}: data_offsets must be [begin, end]")
-            begin, end = offsets
-            itemsize = 2 if dtype_name == "BF16" else _ST_DTYPES[dtype_name].itemsize
-            if not 0 <= begin <= end <= buffer_len:
-                raise SafetensorsError(path, f"tensor {name!r}: data_offsets {offsets} outside the {buffer_len}-byte buffer")
-            if end - begin != math.prod(shape) * itemsize:
-                raise SafetensorsError(path, f"tensor {name!r}: {end - begin} bytes for shape {shape} of {dtype_name}")
-            spans.append((begin, end, name))
-        spans.sort()
-        position = 0
-        for begin, end, name in spans:
-            if begin != position:
-                raise SafetensorsError(path, f"tensor {name!r}: the buffer has a hole or an overlap at byte {position}")
-            position = end
-        if position != buffer_len:
-            raise SafetensorsError(path, f"{buffer_len - position} bytes after the last tensor")
-        tensors: dict[str, np.ndarray] = {}
-        for name, entry in header.items():
-            begin, end = entry["data_offsets"]
-            shape = tuple(entry["shape"])
-            bf16 = entry["dtype"] == "BF16"
-            dt = np.dtype("<u2") if bf16 else _ST_DTYPES[entry["dtype"]]
-            fh.seek(8 + n + begin)
-            arr = np.fromfile(fh, dtype=dt, count=(end - begin) // dt.itemsize).reshape(shape)
-            if bf16:  # the upper half of a float32
-                arr = (arr.astype(np.uint32) << 16).view(np.float32)
-            tensors[name] = arr
-    return tensors, dict(metadata)
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise SafetensorsError(path, f"not a valid safetensors file: {exc}") from None
+    return tensors, metadata
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` (in the given order) as a safetensors file; the header is padded
-    with spaces to a multiple of 8 bytes, as the reference implementation does."""
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    arrays = []
-    offset = 0
-    for name, value in tensors.items():
-        arr = np.asarray(value, order="C")  # (ascontiguousarray would make a scalar 1-D)
-        st = _st_name(arr.dtype)
-        arr = arr.astype(_ST_DTYPES[st], copy=False)
-        nbytes = arr.nbytes
-        header[name] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
-        arrays.append(arr)
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
+    """Write ``tensors`` as a safetensors file (the library's writer), synced to disk."""
+    from safetensors.numpy import save
+
+    arrays = {name: np.ascontiguousarray(value) if np.ndim(value) else np.asarray(value) for name, value in tensors.items()}
+    raw = save(arrays, metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None)
     with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little"))
         fh.write(raw)
-        for arr in arrays:
-            fh.write(arr.tobytes())
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -209,6 +124,7 @@ class AdaptorSpec:
     name: str
     weights: Path
     encodings: Path | None = None
+    peft_config: Path | None = None  # adapter_config.json of a PEFT adaptor (mha2sha.peft_adaptors)
 
 
 _WEIGHT_KEYS = ("lora_weights", "weights", "safetensors")
@@ -257,9 +173,16 @@ def read_adaptor_list(path: str | os.PathLike) -> list[AdaptorSpec]:
         seen[safe] = name
         weights = _one_of(entry, _WEIGHT_KEYS, path, where, required=True)
         encodings = _one_of(entry, _ENCODING_KEYS, path, where, required=False)
-        w = _resolve(base, weights, path, where)
+        w = _resolve(base, weights, path, where, folder=True)
+        config = None
+        if w.is_dir() or (w.parent / "adapter_config.json").is_file():
+            from mha2sha.peft_adaptors import peft_files
+
+            w, config = peft_files(w)
+            if not w.is_file():
+                raise InputError(path, f"{where}: file not found: {w}")
         e = _resolve(base, encodings, path, where) if encodings is not None else None
-        specs.append(AdaptorSpec(name, w, e))
+        specs.append(AdaptorSpec(name, w, e, config))
     return specs
 
 
@@ -277,10 +200,10 @@ def _one_of(entry: dict, keys, path, where, *, required: bool):
     return value
 
 
-def _resolve(base: Path, value: str, path, where) -> Path:
+def _resolve(base: Path, value: str, path, where, *, folder: bool = False) -> Path:
     p = Path(os.path.expanduser(value))
     p = p if p.is_absolute() else base / p
-    if not p.is_file():
+    if not (p.is_file() or (folder and p.is_dir())):
         raise InputError(path, f"{where}: file not found: {p}")
     return p
 
@@ -351,6 +274,8 @@ def _is_scalar(value: ir.Value, depth: int = 0) -> bool:
     d = dims(value)
     if d is not None and all(isinstance(x, int) for x in d):
         return math.prod(d) == 1
+    if is_const(value):  # a Constant node's output before shape inference (TorchScript scalings)
+        return math.prod(int(x) for x in const_tensor(value).shape) == 1
     node = value.producer()
     if node is None or depth > 8 or node.op_type not in opaxes.ELEMENTWISE:
         return False
@@ -577,6 +502,7 @@ class ConvertedAdaptor:
     cast: list[str] = field(default_factory=list)  # tensors cast to the model's dtype
     encodings: object | None = None  # mha2sha.encodings.EncodingSet on SHA names
     encodings_summary: dict | None = None
+    peft: dict | None = None  # a PEFT adaptor: modules mapped, alpha inputs to feed, notes
 
 
 @dataclass
@@ -629,10 +555,21 @@ def convert_adaptors(adaptors: str | os.PathLike | list[AdaptorSpec], output, *,
     if not specs:
         raise InputError(None, "no adaptors to convert")
     loaded: list[tuple[AdaptorSpec, dict[str, np.ndarray]]] = []
+    peft_notes: dict[str, dict] = {}
+    initializer_names = set(original.graph.initializers)
     for spec in specs:
         tensors, _ = read_safetensors(spec.weights)
         if not tensors:
             raise InputError(spec.weights, f"adaptor {spec.name!r} holds no tensors")
+        from mha2sha.peft_adaptors import is_peft_adaptor, map_peft_adaptor, read_peft_config
+
+        if spec.peft_config is not None or is_peft_adaptor(tensors, initializer_names):
+            # PEFT keys (module paths, torch layouts): onto the graph's LoRA branches first.
+            if spec.peft_config is None:
+                raise InputError(spec.weights, f"adaptor {spec.name!r} has PEFT key names but no adapter_config.json beside it (r and lora_alpha are needed)")
+            mapped = map_peft_adaptor(spec.name, tensors, read_peft_config(spec.peft_config), original.graph)
+            tensors = mapped.tensors
+            peft_notes[spec.name] = {"modules": len(mapped.modules), "alpha_inputs": mapped.alpha_inputs, "notes": mapped.notes[:8]}
         loaded.append((spec, tensors))
     keys = set(loaded[0][1])
     for spec, tensors in loaded[1:]:
@@ -645,6 +582,7 @@ def convert_adaptors(adaptors: str | os.PathLike | list[AdaptorSpec], output, *,
     results: list[ConvertedAdaptor] = []
     for spec, tensors in loaded:
         result = convert_adaptor_tensors(spec.name, tensors, weight_map)
+        result.peft = peft_notes.get(spec.name)
         if spec.encodings is not None:
             from mha2sha.encodings import propagate, read_encodings
 
