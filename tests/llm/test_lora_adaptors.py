@@ -169,7 +169,9 @@ def test_an_adaptor_with_wrong_names_or_shapes_is_refused(tmp_path):
 
     (tmp_path / "renamed").mkdir()
     (tmp_path / "transposed").mkdir()
-    assert "not an initializer" in attempt({"base_model.q_proj.lora_A.weight": values[name]}, "renamed")
+    assert "not an initializer" in attempt({"renamed_lora_a": values[name]}, "renamed")
+    # PEFT key names need the adaptor's adapter_config.json (r, lora_alpha) beside them.
+    assert "adapter_config.json" in attempt({"base_model.q_proj.lora_A.weight": values[name]}, "peft_keys")
     assert "shape" in attempt({name: values[name].T.copy()}, "transposed")
 
 
