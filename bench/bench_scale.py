@@ -1,14 +1,22 @@
-"""Scale benchmark: conversion vs `cp` of the same files, side by side, with peak memory.
+"""Scale benchmark: the console command users run, beside `cp -r` + sync and the disk's floor.
 
-Generates (or reuses) Llama-shaped models with external data, then measures in one run:
-`cp` of the model files to a fresh folder on the same disk (and `cp` + `sync`), the
-conversion (no verification) and the per-block verification, each as a separate process
-under /usr/bin/time -v for wall time and peak RSS. The steps are interleaved over several
-rounds, each round starting with another step (a virtual machine's disk is noisy: `cp` of
-the same file varies 3x from minute to minute); medians and ratios to `cp` are printed.
+Generates (or reuses) Llama-shaped models with external data (bench/llama_gen.py), then
+measures in one run, each step a separate process, interleaved over several rounds (each
+round starting with another step: a virtual machine's disk is noisy):
 
-    python bench/bench_scale.py --size 1b            # 16 x 2048, 32 heads / 8 kv heads
-    python bench/bench_scale.py --size 7b --dtype float16
+- `cp -r` of the model folder to a fresh folder on the same disk, then `sync`;
+- `dd oflag=direct` of the same byte count (the disk's direct-write floor), then `sync`;
+- `mha2sha convert MODEL -o OUT` exactly as users run it (every block verified; the
+  end-to-end run too where the model fits in memory), and with `--link-weights` and
+  `--replace-linear-with-conv` when asked.
+
+Wall time of each process, and the peak of the summed RSS of its whole process tree
+(sampled every 20 ms from /proc: the conversion's verification workers count); medians and
+ratios to `cp -r` + sync and to the floor are printed, with the conversion's own timings
+(graph pass, save, verification) from its report.
+
+    python bench/bench_scale.py --size 1b --link-weights --linear-to-conv --rounds 3
+    python bench/bench_scale.py --size 7b --dtype float16 --link-weights --linear-to-conv --rounds 3
     python bench/bench_scale.py --model path/to/model.onnx
 """
 
@@ -16,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,17 +40,56 @@ SIZES = {
     "1b": dict(layers=16, hidden=2048, heads=32, kv_heads=8, intermediate=8192, vocab=32000),
     "7b": dict(layers=32, hidden=4096, heads=32, kv_heads=32, intermediate=11008, vocab=32000),
 }
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def timed(cmd: list[str], env=None) -> dict:
-    """Run ``cmd`` under /usr/bin/time -v; wall seconds and peak RSS in MB."""
+def _tree_rss(root: int) -> int:
+    """Summed resident bytes of ``root`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as fh:
+                total += int(fh.read().split()[1]) * _PAGE
+        except OSError:
+            pass
+    return total
+
+
+def timed(cmd: list[str]) -> dict:
+    """Run ``cmd``; wall seconds and the peak RSS of its process tree in MB."""
+    peak = 0
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    return {"seconds": wall, "peak_rss_mb": int(rss.group(1)) / 1024 if rss else None, "stdout": proc.stdout}
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{stderr[-3000:]}")
+    return {"seconds": wall, "peak_rss_mb": peak / 2**20, "stdout": stdout}
 
 
 def warm(paths: list[Path]) -> None:
@@ -63,10 +111,9 @@ def main() -> None:
     ap.add_argument("--size", choices=list(SIZES), default="1b")
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     ap.add_argument("--model", help="use this model instead of generating one")
-    ap.add_argument("--work", default="/work/bench_models", help="folder for generated models and outputs")
-    ap.add_argument("--link-weights", action="store_true", help="also measure --link-weights")
-    ap.add_argument("--linear-to-conv", action="store_true", help="also measure --replace-linear-with-conv")
-    ap.add_argument("--skip-verify", action="store_true")
+    ap.add_argument("--work", default="/work/bench-data", help="folder for generated models and outputs (never the repository)")
+    ap.add_argument("--link-weights", action="store_true", help="also measure `mha2sha convert --link-weights`")
+    ap.add_argument("--linear-to-conv", action="store_true", help="also measure `mha2sha convert --replace-linear-with-conv`")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every step, interleaved (the disk of a virtual machine is noisy)")
     args = ap.parse_args()
     work = Path(args.work)
@@ -83,69 +130,63 @@ def main() -> None:
             print(f"generated {model} in {time.perf_counter() - t0:.1f} s")
     files = [model] + sorted(model.parent.glob(model.name + ".data"))
     total = sum(f.stat().st_size for f in files)
-    print(f"model: {model} ({total / 2**30:.2f} GiB in {len(files)} files); page cache warm (input read before every step); "
-          f"sync before every step; {args.rounds} rounds, steps interleaved")
+    print(f"model: {model} ({total / 2**30:.2f} GiB in {len(files)} files); {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} at the start; page cache warm (input read before every step); sync before every "
+          f"step; {args.rounds} rounds, steps interleaved")
     cp_dir = work / "cp_out"
+    dd_file = work / "dd_out"
     out = work / "sha_out"
-    py = sys.executable
-    copied = " ".join(str(cp_dir / f.name) for f in files)
+    cli = str(Path(sys.executable).with_name("mha2sha"))
+    block = 16 << 20
     steps: dict[str, list[str]] = {
-        "cp": ["cp", *map(str, files), str(cp_dir)],
-        # The conversion fsyncs its outputs before renaming them into place (a crash never
-        # leaves a finished-looking file); `cp` alone leaves its data in the page cache.
-        "cp + sync": ["sh", "-c", f"cp {' '.join(map(str, files))} {cp_dir} && sync {copied}"],
+        # The conversion fsyncs its outputs before renaming them into place; `cp` alone
+        # leaves its data in the page cache: `cp -r` + sync is the like-for-like figure.
+        "cp -r + sync": ["sh", "-c", f"cp -r {model.parent} {cp_dir} && sync"],
+        "dd oflag=direct": ["sh", "-c", f"dd if=/dev/zero of={dd_file} bs={block} count={-(-total // block)} oflag=direct status=none && sync"],
+        "mha2sha convert": [cli, "convert", str(model), "-o", str(out)],
     }
-
-    def convert_cmd(extra: str) -> list[str]:
-        code = (f"from mha2sha.api import convert; r = convert({str(model)!r}, {str(out)!r}, verify=False{extra}); "
-                "print(len(r.converted_blocks), round(r.timings.get('split', 0), 2), round(r.timings.get('save', 0), 2), round(r.seconds, 2))")
-        return [py, "-c", code]
-
     if args.link_weights:
-        steps["convert --link-weights"] = convert_cmd(", link_weights=True")
+        steps["convert --link-weights"] = [*steps["mha2sha convert"], "--link-weights"]
     if args.linear_to_conv:
-        steps["convert --replace-linear-with-conv"] = convert_cmd(", replace_linear_with_conv=True")
-    steps["convert"] = convert_cmd("")
+        steps["convert --replace-linear-with-conv"] = [*steps["mha2sha convert"], "--replace-linear-with-conv"]
     results: dict[str, list[dict]] = {label: [] for label in steps}
-    verify_runs: list[dict] = []
+    inner: dict[str, list[dict]] = {label: [] for label in steps if "convert" in label}
     labels = list(steps)
     for round_index in range(args.rounds):
-        # Each round starts with a different step: whatever runs first after a round's
-        # large deletions was seen to run up to 2x slower (a position effect, not the step's).
-        shift = round_index % len(labels)
+        shift = round_index % len(labels)  # each round starts with another step
         for label in labels[shift:] + labels[:shift]:
-            cmd = steps[label]
             for folder in (cp_dir, out):
                 shutil.rmtree(folder, ignore_errors=True)
-            cp_dir.mkdir(parents=True)
+            dd_file.unlink(missing_ok=True)
             warm(files)
             settle()
-            results[label].append(timed(cmd))
-        if not args.skip_verify and not verify_runs:
-            # The plain conversion's output (no link to the input's data file) is verified.
-            sha = next(out.glob("*.onnx"))
-            warm(files)
-            settle()
-            verify_runs.append(timed([py, "-m", "mha2sha", "verify", str(model), str(sha), "-o", str(work / "verify_out"), "--no-end-to-end"]))
+            results[label].append(timed(steps[label]))
+            if label in inner:
+                report = json.loads((out / "verification_report.json").read_text())
+                if report["status"] != "pass":
+                    raise SystemExit(f"{label}: verification {report['status']}")
+                inner[label].append(report["timings"])
     for folder in (cp_dir, out):
         shutil.rmtree(folder, ignore_errors=True)
-    if verify_runs:
-        results["verify (per block)"] = verify_runs
-    for label in steps:
-        if label.startswith("convert"):
-            blocks, split_s, save_s, inner = results[label][-1]["stdout"].split()[-4:]
-            print(f"{label} (last round): {blocks} blocks; graph pass (find + split) {split_s} s, save {save_s} s, in-process total {inner} s")
-    cp = statistics.median(r["seconds"] for r in results["cp"])
-    cp_sync = statistics.median(r["seconds"] for r in results["cp + sync"])
-    print(f"{'step':<24}{'median s':>10}{'min s':>8}{'max s':>8}{'x cp':>7}{'x cp+sync':>11}{'peak RSS MB':>13}")
+    dd_file.unlink(missing_ok=True)
+    cp = statistics.median(r["seconds"] for r in results["cp -r + sync"])
+    floor = statistics.median(r["seconds"] for r in results["dd oflag=direct"])
+    print(f"{'step':<36}{'median s':>10}{'min s':>8}{'max s':>8}{'x cp+sync':>11}{'x floor':>9}{'peak tree RSS MB':>18}")
     for label, runs in results.items():
         secs = [r["seconds"] for r in runs]
         med = statistics.median(secs)
-        rss = max(r["peak_rss_mb"] or 0 for r in runs)
-        print(f"{label:<24}{med:>10.2f}{min(secs):>8.2f}{max(secs):>8.2f}{med / cp:>7.2f}{med / cp_sync:>11.2f}{rss:>13.0f}")
-    per_round = [c["seconds"] / p["seconds"] for c, p in zip(results["convert"], results["cp"])]
-    print("convert / cp per round: " + ", ".join(f"{r:.2f}" for r in per_round))
-    print(json.dumps({k: [{kk: vv for kk, vv in r.items() if kk != "stdout"} for r in v] for k, v in results.items()}))
+        rss = max(r["peak_rss_mb"] for r in runs)
+        print(f"{label:<36}{med:>10.2f}{min(secs):>8.2f}{max(secs):>8.2f}{med / cp:>11.2f}{med / floor:>9.2f}{rss:>18.0f}")
+    for label, timings in inner.items():
+        keys = ["split", "save", "verify_prepare", "verify_cut_converted", "verify_wait", "total"]
+        med = {k: statistics.median(t.get(k, 0.0) for t in timings) for k in keys}
+        print(f"{label} (medians of its report's timings): graph pass (find + split) {med['split']:.2f} s, save (write + "
+              f"blocks verified meanwhile) {med['save']:.2f} s, verification after the save {med['verify_wait']:.2f} s, "
+              f"in-process total {med['total']:.2f} s")
+    per_round = [c["seconds"] / p["seconds"] for c, p in zip(results["mha2sha convert"], results["cp -r + sync"])]
+    print("mha2sha convert / (cp -r + sync) per round: " + ", ".join(f"{r:.2f}" for r in per_round))
+    print(json.dumps({"results": {k: [{kk: vv for kk, vv in r.items() if kk != "stdout"} for r in v] for k, v in results.items()},
+                      "timings": inner}))
 
 
 if __name__ == "__main__":

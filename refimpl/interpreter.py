@@ -261,13 +261,21 @@ class Session:
             self._free_plans[keep] = plan
         return plan
 
-    def _bind_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _bind_feeds(self, feeds: Mapping[str, np.ndarray], lazy: set[str]) -> dict[str, np.ndarray]:
+        """The feeds in the compute dtype. A float feed of another dtype without an encoding
+        is converted where a node reads it (its name added to ``lazy``), so that a model
+        fed its weights (verify.block_check) holds them once, not also in float64."""
         env: dict[str, np.ndarray] = {}
         bindings: dict[str, int] = {}
         for spec in self.inputs:
             if spec.name not in feeds:
                 raise FeedError(f"missing feed for input {spec.name!r} (the model's inputs: {[s.name for s in self.inputs]})")
-            env[spec.name] = self._quantized(spec.name, _in_compute_dtype(spec.check(feeds[spec.name], bindings), self.float_dtype))
+            value = spec.check(feeds[spec.name], bindings)
+            if spec.name not in self.encodings and value.dtype != self.float_dtype and np.issubdtype(value.dtype, np.floating):
+                env[spec.name] = value
+                lazy.add(spec.name)
+                continue
+            env[spec.name] = self._quantized(spec.name, _in_compute_dtype(value, self.float_dtype))
         for name in self.overridable & feeds.keys():
             env[name] = self._quantized(name, _in_compute_dtype(np.asarray(feeds[name]), self.float_dtype))
         return env
@@ -284,12 +292,13 @@ class Session:
             raise RefimplError(f"requested tensors that the model does not have: {unknown}")
         env = dict(self.weights)
         env.update(self.constants)
-        env.update(self._bind_feeds(feeds))
+        lazy: set[str] = set()
+        env.update(self._bind_feeds(feeds, lazy))
         results: dict[str, np.ndarray] = {}
         free = None if want_all else self._free_plan(wanted)
         with np.errstate(all="ignore"):
             for k, step in enumerate(self.steps):
-                values = self._execute(step, env)
+                values = self._execute(step, env, lazy)
                 for name, value in zip(step.outputs, values):
                     if name:
                         env[name] = value
@@ -300,20 +309,23 @@ class Session:
                         env.pop(name, None)
         if want_all:
             results.update({n: env[n] for n in self.constants})
-            results.update({s.name: env[s.name] for s in self.inputs})
+            results.update({s.name: env[s.name].astype(self.float_dtype) if s.name in lazy else env[s.name] for s in self.inputs})
             return results
         missing = [n for n in wanted if n not in env]
         if missing:
             raise RefimplError(f"requested tensors were not computed (optional outputs not produced): {missing}")
-        return {n: env[n] for n in wanted}
+        return {n: env[n].astype(self.float_dtype) if n in lazy else env[n] for n in wanted}
 
-    def _execute(self, step: _Step, env: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _execute(self, step: _Step, env: dict[str, np.ndarray], lazy: set[str] = frozenset()) -> list[np.ndarray]:
         try:
             args = [env[name] if name else None for name in step.inputs]
         except KeyError as exc:
             raise RefimplError(f"node {step.node.name or step.node.op_type!r} reads {exc.args[0]!r}, which nothing produces") from None
+        tiled = bool(lazy) and _tiles_weight(step, args, lazy, self.float_dtype)
+        if lazy and not tiled:
+            args = [arg.astype(self.float_dtype) if name in lazy else arg for name, arg in zip(step.inputs, args)]
         try:
-            values = step.adapter(step.ctx, args, step.attrs)
+            values = _tiled_matmul(*args) if tiled else step.adapter(step.ctx, args, step.attrs)
         except NotImplementedError as exc:
             raise UnsupportedOpError(step.node.op_type, step.node.domain, step.ctx.opset, step.node.name, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - say which node failed, keep the cause chained
@@ -331,6 +343,27 @@ class Session:
                     value = quantize_dequantize(value, self.encodings[name])
             out.append(value)
         return out
+
+
+_TILE_BYTES = 16 << 20  # float64 columns of a weight converted at a time
+
+
+def _tiles_weight(step: _Step, args: list, lazy: set[str], float_dtype) -> bool:
+    """A float64 MatMul of an activation by a weight fed in another dtype: computed in
+    column tiles (each output column is the same sum in the same order as the untiled
+    einsum in ops/nn.py), so the weight is never whole in float64."""
+    return (step.node.op_type == "MatMul" and float_dtype is np.float64 and step.inputs[1] in lazy
+            and step.inputs[0] not in lazy and args[0].ndim >= 2 and args[1].ndim >= 2
+            and np.issubdtype(args[0].dtype, np.floating) and args[1].nbytes > _TILE_BYTES // 4)
+
+
+def _tiled_matmul(x: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+    shape = np.broadcast_shapes(x.shape[:-2], w.shape[:-2]) + (x.shape[-2], w.shape[-1])
+    out = np.empty(shape, dtype=np.float64)
+    step = max(1, _TILE_BYTES // (8 * int(np.prod(w.shape[:-1]))))
+    for k in range(0, w.shape[-1], step):
+        out[..., k:k + step] = np.einsum("...ij,...jk->...ik", x, w[..., k:k + step].astype(np.float64), optimize=False)
+    return [out]
 
 
 def run(
