@@ -1,0 +1,84 @@
+"""Graph pass (find + split) of Qualcomm's qairt-dev beside ours, on the same model, in one run.
+
+qairt-dev needs Python 3.12 and its own environment (only ``qairt.optimizer`` is imported):
+
+    /root/.pyenv/versions/3.12.1/bin/python -m venv /work/qairt-venv-bench
+    /work/qairt-venv-bench/bin/pip install "qairt-dev[onnx]==0.13.0"
+    python bench/bench_qairt.py MODEL.onnx --qairt-python /work/qairt-venv-bench/bin/python --rounds 3
+
+Each round runs, as separate processes, qairt's ``GraphContext.from_files`` (load and its
+shape inference) + ``convert_mha_to_sha`` (weights memory-mapped, nothing written), and our
+``mha2sha.pipeline.split_model`` after ``load_model`` (shape inference, find, split,
+cleanup). Printed: each side's load and pass seconds (medians), the ratio of the passes, and
+each process's peak RSS. qairt's pass is timed without its load and shape inference; ours
+includes our shape inference: the ratio is conservative for us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+QAIRT = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from qairt.optimizer.onnx import GraphContext
+from qairt.optimizer.onnx.passes._api import convert_mha_to_sha
+t1 = time.perf_counter()
+ctx = GraphContext.from_files(sys.argv[1])
+t2 = time.perf_counter()
+convert_mha_to_sha(ctx)
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "pass": t3 - t2, "nodes": len(list(ctx.graph_ir)),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+OURS = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+from mha2sha.graph.io import load_model
+from mha2sha.pipeline import split_model
+t1 = time.perf_counter()
+model = load_model(sys.argv[1]).model
+t2 = time.perf_counter()
+split = split_model(model)
+t3 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "pass": t3 - t2, "nodes": len(list(model.graph)),
+                  "blocks": len(split.converted), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _run(python: str, code: str, model: Path) -> dict:
+    proc = subprocess.run([python, "-c", code, str(model)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{python} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--qairt-python", default="/work/qairt-venv-bench/bin/python")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    runs: dict[str, list[dict]] = {"qairt-dev 0.13.0": [], "mha2sha": []}
+    for i in range(args.rounds):
+        order = [("qairt-dev 0.13.0", args.qairt_python, QAIRT), ("mha2sha", sys.executable, OURS)]
+        for label, python, code in order if i % 2 == 0 else order[::-1]:
+            runs[label].append(_run(python, code, args.model))
+    med = {label: {k: statistics.median(r[k] for r in rs) for k in ("load", "pass")} for label, rs in runs.items()}
+    for label, rs in runs.items():
+        print(f"{label:<18} load {med[label]['load']:6.2f} s   graph pass {med[label]['pass']:6.2f} s   "
+              f"(passes {', '.join(f'{r['pass']:.2f}' for r in rs)})   nodes after {rs[-1]['nodes']}   "
+              f"peak RSS {max(r['peak_rss_mb'] for r in rs):.0f} MB")
+    ratio = med["qairt-dev 0.13.0"]["pass"] / med["mha2sha"]["pass"]
+    print(f"graph pass: mha2sha {ratio:.1f}x faster than qairt-dev (medians of {args.rounds} rounds, side by side)")
+    print(json.dumps(runs))
+
+
+if __name__ == "__main__":
+    main()
