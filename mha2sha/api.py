@@ -154,6 +154,9 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     Bad input raises before anything is written. Once the output folder exists, a
     verification report is always written there, saying which stage failed if one did.
     """
+    from mha2sha._own_packages import check_own_packages
+
+    check_own_packages()  # a user's verify.py first on sys.path gets a clear error, not a traceback
     opts = options or ConvertOptions(**kwargs)
     started = time.perf_counter()
     model_path = Path(model_path)

@@ -21,3 +21,21 @@ settings.register_profile("debug", max_examples=25, derandomize=True,
                           phases=[Phase.explicit, Phase.generate], **_COMMON)
 settings.register_profile("release", max_examples=400, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# Suites that run only when selected by their marker (`pytest -m wheel`): each is its own step of
+# .ci/run. In any other run they are skipped with the command that runs them.
+OPT_IN_MARKERS = ("wheel",)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    selected = config.getoption("markexpr") or ""
+    for marker in OPT_IN_MARKERS:
+        if marker in selected.replace("not " + marker, ""):
+            continue
+        skip = pytest.mark.skip(reason=f"opt-in suite: run with `pytest -m {marker}` (CI runs it: .ci/run)")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
