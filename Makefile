@@ -17,7 +17,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	@# setuptools' editable build prints an informational notice (not a deprecation) about
+	@# folders named like our packages in the working directory; the entry points guard against
+	@# exactly that (mha2sha/_own_packages.py), so the notice is not shown.
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -50,7 +50,20 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     paths = {"json": out_dir / REPORT_JSON, "md": out_dir / REPORT_MD}
     _atomic_write(paths["json"], json.dumps(report, indent=1, sort_keys=False, default=str))
     _atomic_write(paths["md"], markdown(report))
+    _write_html(report, out_dir, paths)
     return paths
+
+
+def _write_html(report: dict, out_dir: Path, paths: dict[str, Path]) -> None:
+    # The page is for looking, the JSON is the record: a page that cannot be drawn never fails a run.
+    from verify.report_html import write_html
+
+    try:
+        paths["html"] = write_html(report, out_dir)
+    except Exception as exc:  # noqa: BLE001
+        import logging
+
+        logging.getLogger("verify").warning("verification_report.html not written: %s: %s", type(exc).__name__, exc)
 
 
 def _fmt(x) -> str:
