@@ -7,6 +7,7 @@ everything atomically into the output folder, and verifies the result.
 
 from __future__ import annotations
 
+import inspect as pyinspect  # `inspect` is this module's function
 import json
 import logging
 import time
@@ -41,34 +42,132 @@ log = logging.getLogger("mha2sha")
 MAPPING_FILE = "mha_to_sha_encodings_names.json"
 
 
+KV_CACHE_IO = ("per-head", "head-major", "original")
+
+
 @dataclass
 class ConvertOptions:
-    """What a conversion should do. Every field has a command line flag of the same name."""
+    """What a conversion should do.
+
+    Every field that has a ``mha2sha convert`` flag has the flag's name (``--build-ar 2`` is
+    ``build_ar=2``). The names of earlier versions are still accepted, by the constructor and
+    as attributes: ``heads_per_block`` (= ``build_ar``), ``end_to_end`` (= not
+    ``no_verification``), ``per_head_cache_io`` and ``head_major_cache_io`` (= ``kv_cache_io``).
+    """
 
     name: str | None = None
+    """Output model name (``--name``); default: input stem + ``_conv``/``_kvcache`` + ``_sha``."""
     encodings: str | Path | None = None
+    """AIMET encodings of the model (``-e/--encodings``: 0.6.1, 1.0.0, 2.0.0 or 2.1.0) to carry onto the SHA model."""
     replace_linear_with_conv: bool = False
+    """MatMul/Gemm with constant weights become 1x1 Conv (``--replace-linear-with-conv``)."""
     verify: bool = True
-    end_to_end: bool = True
+    """Run the per-block verification at all (no flag: the command line always verifies)."""
+    no_verification: bool = False
+    """Skip the end-to-end run; the per-block checks still run (``--no-verification``)."""
     encodings_version: str | None = None
+    """Write the SHA encodings in 0.6.1, 1.0.0 or 2.0.0 (``--encodings-version``); default: the input's."""
     allow_no_attention: bool = False
+    """Write the model unchanged (exit 0) when no attention block is found (``--allow-no-attention``)."""
     seed: int = 42
+    """Seed of the random verification inputs (``--seed``)."""
     progress: bool = False
-    heads_per_block: int = 1
-    per_head_cache_io: bool = True
-    head_major_cache_io: bool = False  # per-head caches at the boundary as one [heads, ...] tensor each
+    """Progress bars on stderr (the command line turns them on for a terminal)."""
+    build_ar: int = 1
+    """Heads per attention block after the split, AR-M (``--build-ar M``); 1 = single-head."""
+    kv_cache_io: str = "per-head"
+    """KV-cache graph inputs/outputs (``--kv-cache-io``): ``per-head`` (one per kv head, head axis
+    removed), ``head-major`` (one per cache, kv heads first) or ``original`` (sliced in the graph)."""
     link_weights: bool = False
+    """Reference unchanged weights from a clone or hard link of the input's data file (``--link-weights``)."""
     allow_hard_links: bool = False
+    """Read external data files that have several hard links (``--allow-hard-links``)."""
     create_input_lists: bool = False
-    ar_tokens: int | None = None  # rebuild a cached decoder for this many new tokens per step first
-    ar_context: int | None = None  # ... with this context length (default: unchanged)
-    lora_alpha_from_input: bool = False  # lift every LoRA alpha to a graph input first
-    lora_adaptors: str | Path | None = None  # YAML list of LoRA adaptors to convert with the model
-    optimize_o_proj: bool = False  # per-head layout into a Conv o_proj instead of the merged chain
-    overwrite: bool = False  # replace files in OUTDIR that mha2sha did not write (never an input)
-    emit_qdq: bool = False  # also write <name>_qdq.onnx: the SHA model as QDQ from the encodings
-    expectations: object | None = None  # mha2sha.compat.ReferenceFlags whose expectations are checked
-    prepared: dict | None = None  # set internally: what mha2sha.prepare changed (for the report)
+    """Also write raw inputs, MHA goldens and the input lists (``--create-input-lists``)."""
+    ar_tokens: int | None = None
+    """First rebuild a static cached decoder for this many new tokens per step (``--ar-tokens``)."""
+    ar_context: int | None = None
+    """With ``ar_tokens``: the context length (``--ar-context``); default: the model's past + new."""
+    lora_alpha_from_input: bool = False
+    """First make every LoRA alpha a graph input (``--lora-alpha-from-input``)."""
+    lora_adaptors: str | Path | None = None
+    """YAML list of LoRA adaptors to convert with the model (``--lora-adaptors``; docs/user-guide.md)."""
+    optimize_o_proj: bool = False
+    """Per-head layout into a Conv o_proj instead of the merged chain (``--optimize-o-proj``)."""
+    overwrite: bool = False
+    """Replace files in the output folder that mha2sha did not write, never an input (``--overwrite``)."""
+    emit_qdq: bool = False
+    """Also write ``<name>_qdq.onnx``: the SHA model as a QDQ model from the encodings (``--emit-qdq``)."""
+    expectations: object | None = None
+    """A ``mha2sha.compat.ReferenceFlags`` whose expectations are checked (``mha2sha-onnx-converter``)."""
+    prepared: dict | None = None
+    """Set internally: what ``mha2sha.prepare`` changed (for the report)."""
+
+    def __post_init__(self):
+        if self.kv_cache_io not in KV_CACHE_IO:
+            raise ValueError(f"kv_cache_io must be one of {', '.join(KV_CACHE_IO)}, not {self.kv_cache_io!r}")
+
+    # --- the names of earlier versions ------------------------------------------------------
+    @property
+    def heads_per_block(self) -> int:
+        return self.build_ar
+
+    @heads_per_block.setter
+    def heads_per_block(self, value: int) -> None:
+        self.build_ar = value
+
+    @property
+    def end_to_end(self) -> bool:
+        return not self.no_verification
+
+    @end_to_end.setter
+    def end_to_end(self, value: bool) -> None:
+        self.no_verification = not value
+
+    @property
+    def per_head_cache_io(self) -> bool:
+        return self.kv_cache_io != "original"
+
+    @per_head_cache_io.setter
+    def per_head_cache_io(self, value: bool) -> None:
+        if not value:
+            self.kv_cache_io = "original"
+        elif self.kv_cache_io == "original":
+            self.kv_cache_io = "per-head"
+
+    @property
+    def head_major_cache_io(self) -> bool:
+        return self.kv_cache_io == "head-major"
+
+    @head_major_cache_io.setter
+    def head_major_cache_io(self, value: bool) -> None:
+        if value:
+            self.kv_cache_io = "head-major"
+        elif self.kv_cache_io == "head-major":
+            self.kv_cache_io = "per-head"
+
+
+_OPTION_ALIASES = {"heads_per_block": "build_ar", "end_to_end": "no_verification",
+                   "per_head_cache_io": "kv_cache_io", "head_major_cache_io": "kv_cache_io"}
+_dataclass_init = ConvertOptions.__init__
+
+
+def _init_with_aliases(self, *args, **kwargs):
+    aliases = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTION_ALIASES}
+    for old, new in _OPTION_ALIASES.items():
+        if old in aliases and new in kwargs:
+            raise TypeError(f"ConvertOptions: give {new} or its old name {old}, not both")
+    _dataclass_init(self, *args, **kwargs)
+    if aliases.get("per_head_cache_io") is False:
+        aliases.pop("head_major_cache_io", None)  # as before: head-major applied to per-head caches only
+    for old in ("heads_per_block", "end_to_end", "per_head_cache_io", "head_major_cache_io"):
+        if old in aliases:
+            setattr(self, old, aliases[old])
+
+
+_init_with_aliases.__signature__ = pyinspect.signature(_dataclass_init)
+_init_with_aliases.__doc__ = _dataclass_init.__doc__
+ConvertOptions.__init__ = _init_with_aliases
 
 
 @dataclass

@@ -20,15 +20,27 @@ import sys
 import traceback
 
 from mha2sha._version import __version__
-from mha2sha.console import blocks_table
+from mha2sha.console import blocks_table, shown_path
 from mha2sha.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, Mha2ShaError, UsageError
 
 LOG_LEVELS = {"verbose": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
 
 
+def add_verbosity_flags(p: argparse.ArgumentParser) -> None:
+    """-v/-q: short forms of --log-level (the last of them given wins)."""
+    noise = p.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="verbose", help="same as --log-level verbose: debug messages and tracebacks")
+    noise.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="warn", help="same as --log-level warn: no progress, only warnings, errors and the one-line verdict")
+
+
+def _quiet(args) -> bool:
+    return LOG_LEVELS[args.log_level] >= logging.WARNING
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-hard-links", action="store_true", help="read external data files that have several hard links (refused by default: a hard link can expose a file from outside the model folder)")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info", help="logging verbosity (default: info); 'verbose' also prints tracebacks")
+    add_verbosity_flags(p)
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
 
 
@@ -106,14 +118,13 @@ def _cmd_convert(args) -> int:
         name=args.name,
         encodings=args.encodings,
         replace_linear_with_conv=args.replace_linear_with_conv,
-        end_to_end=not args.no_verification,
+        no_verification=args.no_verification,
         encodings_version=args.encodings_version,
         allow_no_attention=args.allow_no_attention,
         seed=args.seed,
-        progress=sys.stderr.isatty(),
-        heads_per_block=args.build_ar,
-        per_head_cache_io=args.kv_cache_io in ("per-head", "head-major"),
-        head_major_cache_io=args.kv_cache_io == "head-major",
+        progress=sys.stderr.isatty() and not _quiet(args),
+        build_ar=args.build_ar,
+        kv_cache_io=args.kv_cache_io,
         create_input_lists=args.create_input_lists,
         link_weights=args.link_weights,
         allow_hard_links=args.allow_hard_links,
@@ -138,22 +149,27 @@ def _print_result(result, args) -> int:
         print(json.dumps({
             "status": "pass" if result.ok else "fail",
             "exit_code": result.exit_code,
-            "model": str(result.model_path) if result.model_path else None,
-            "encodings": str(result.encodings_path) if result.encodings_path else None,
-            "mapping": str(result.mapping_path) if result.mapping_path else None,
+            "output_dir": shown_path(result.output_dir),
+            "model": shown_path(result.model_path) if result.model_path else None,
+            "encodings": shown_path(result.encodings_path) if result.encodings_path else None,
+            "mapping": shown_path(result.mapping_path) if result.mapping_path else None,
             "blocks": [b.as_dict() for b in result.blocks],
             "seconds": round(result.seconds, 3),
         }, indent=1))
     elif result.prequant_only:
-        print(f"wrote {result.model_path}")
-        print(f"wrote {result.mapping_path}")
+        print(f"wrote {shown_path(result.model_path)}")
+        print(f"wrote {shown_path(result.mapping_path)}")
         print("pre-quantization adaptation only (--skip-mha2sha): nothing converted, nothing to verify")
+    elif _quiet(args):
+        print(f"{shown_path(result.output_dir)}: Verification Status {'OK' if result.ok else 'FAIL'}")
     else:
         print(blocks_table(result.blocks))
         if result.model_path:
-            print(f"wrote {result.model_path}")
+            print(f"wrote {shown_path(result.model_path)}")
         if result.encodings_path:
-            print(f"wrote {result.encodings_path}")
+            print(f"wrote {shown_path(result.encodings_path)}")
+        for kind, path in result.report_paths.items():
+            print(f"wrote report ({kind}) {shown_path(path)}")
         if result.report is not None:
             from verify.report import verdict_table
 
@@ -173,7 +189,7 @@ def _cmd_example(args) -> int:
         raise SystemExit("mha2sha example: -o/--output is required")
     paths = examples.write_example(args.name, args.output)
     for p in paths.values():
-        print(f"wrote {p}")
+        print(f"wrote {shown_path(p)}")
     return 0
 
 

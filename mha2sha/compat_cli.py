@@ -16,7 +16,7 @@ import logging
 import sys
 import traceback
 
-from mha2sha.cli import LOG_LEVELS, _print_result
+from mha2sha.cli import LOG_LEVELS, _print_result, add_verbosity_flags
 from mha2sha.compat import PRESETS, ReferenceFlags, run_reference_flags
 from mha2sha.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, Mha2ShaError
 
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="output name (default: input stem + _conv + _kvcache + _sha)")
     p.add_argument("--sha-export-path", default="./exported_model", help="output folder (default: ./exported_model)")
     p.add_argument("--log-level", choices=list(LOG_LEVELS), default="info")
+    add_verbosity_flags(p)
     p.add_argument("--base-llm", choices=list(PRESETS), help="flag preset for a model family; explicit flags override it")
     for name, help_text in _BOOLEAN_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=help_text)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+
+def shown_path(path) -> str:
+    """Paths in messages are absolute, whatever the user typed: they can be pasted anywhere."""
+    return os.path.abspath(path)
+
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]

@@ -9,7 +9,7 @@ from pathlib import Path
 def run_demo(output: str | Path, example: str = "llama3-tiny") -> int:
     from fuzz import examples
     from mha2sha.api import ConvertOptions, convert
-    from mha2sha.console import blocks_table
+    from mha2sha.console import blocks_table, shown_path
     from verify.report import verdict_table
 
     out = Path(output)
@@ -19,7 +19,7 @@ def run_demo(output: str | Path, example: str = "llama3-tiny") -> int:
     model = paths.get("model") or next(p for p in paths.values() if str(p).endswith(".onnx"))
     encodings = paths.get("encodings")
     print(f"example {example}: {examples.EXAMPLES[example].description}")
-    print(f"  model     {model}")
+    print(f"  model     {shown_path(model)}")
     try:
         import mha2sha.encodings  # noqa: F401
 
@@ -27,7 +27,7 @@ def run_demo(output: str | Path, example: str = "llama3-tiny") -> int:
     except ImportError:
         have_reader = False
     if encodings and have_reader:
-        print(f"  encodings {encodings}")
+        print(f"  encodings {shown_path(encodings)}")
     sha_dir = out / "sha"
     shutil.rmtree(sha_dir, ignore_errors=True)
     result = convert(model, sha_dir, ConvertOptions(encodings=encodings if have_reader else None))
@@ -36,9 +36,9 @@ def run_demo(output: str | Path, example: str = "llama3-tiny") -> int:
     print()
     for label, path in (("model", result.model_path), ("encodings", result.encodings_path), ("name mapping", result.mapping_path)):
         if path:
-            print(f"wrote {label:<12} {path}")
+            print(f"wrote {label:<12} {shown_path(path)}")
     for kind, path in result.report_paths.items():
-        print(f"wrote report ({kind}) {path}")
+        print(f"wrote report ({kind}) {shown_path(path)}")
     print()
     print(verdict_table(result.report))
     print(f"\nVerification Status {'OK' if result.ok else 'FAIL'} ({result.seconds:.1f} s)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -63,7 +64,7 @@ def _verify_into(txn, args, original: Path, sha: Path, allow: bool, loaded) -> i
     paths = {kind: placed[p.name] for kind, p in staged.items()}
     print(verdict_table(report))
     for kind, path in paths.items():
-        print(f"wrote report ({kind}) {path}")
+        print(f"wrote report ({kind}) {os.path.abspath(path)}")
     passed = report["status"] == "pass" or (not specs and report.get("end_to_end", {}).get("status") == "pass")
     return EXIT_OK if passed else EXIT_VERIFICATION_FAILED
 
