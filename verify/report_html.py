@@ -170,7 +170,15 @@ def _io_contract(contract: dict | None) -> str:
     return "\n".join(parts)
 
 
-def _drawings(report: dict, draw: bool) -> str:
+def _model_file(key: str, path: str, out_dir: Path | None) -> str:
+    # A conversion writes its report into the staging folder beside the converted model, which
+    # reaches the path the report names only when the run is committed: draw the staged file.
+    if key == "converted" and out_dir is not None and (Path(out_dir) / Path(path).name).is_file():
+        return str(Path(out_dir) / Path(path).name)
+    return path
+
+
+def _drawings(report: dict, draw: bool, out_dir: Path | None = None) -> str:
     model = report.get("model") or {}
     if not draw:
         return '<p class="muted">Drawings not made.</p>'
@@ -182,13 +190,14 @@ def _drawings(report: dict, draw: bool) -> str:
         if not path:
             out.append(f'<div class="drawing"><p class="muted">{_e(title)}: no {key} model in this report</p></div>')
             continue
-        svg, how = block_svg(str(path), title)
+        svg, how = block_svg(_model_file(key, str(path), out_dir), title)
         out.append(f'<div class="drawing" data-model="{key}">' + (svg or "") + f'<p class="muted">{_e(how if svg else title + ": " + how)}</p></div>')
     out.append("</div>")
     return "\n".join(out)
 
 
-def render_html(report: dict, *, draw: bool = True) -> str:
+def render_html(report: dict, *, draw: bool = True, out_dir: Path | None = None) -> str:
+    """The page for ``report``; ``out_dir``: the folder the report is written into."""
     status = str(report.get("status", "?"))
     verdict = report.get("verdict") or status.upper()
     model = report.get("model") or {}
@@ -213,7 +222,7 @@ def render_html(report: dict, *, draw: bool = True) -> str:
         if e2e.get("checks"):
             parts += [_bars(e2e["checks"]), "<details><summary>every check in numbers</summary>", _checks_table(e2e["checks"]), "</details>"]
 
-    parts += ["<h2>One block before and after</h2>", _drawings(report, draw)]
+    parts += ["<h2>One block before and after</h2>", _drawings(report, draw, out_dir)]
     parts += ["<h2>I/O contract</h2>", _io_contract(report.get("io_contract"))]
 
     coverage = report.get("encodings_coverage")
@@ -247,5 +256,5 @@ def write_html(report: dict, out_dir: Path, *, draw: bool = True) -> Path:
     from verify.report import _atomic_write
 
     path = Path(out_dir) / REPORT_HTML
-    _atomic_write(path, render_html(report, draw=draw))
+    _atomic_write(path, render_html(report, draw=draw, out_dir=Path(out_dir)))
     return path

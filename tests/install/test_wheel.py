@@ -48,7 +48,9 @@ def _run(cmd, cwd, timeout=900):
 def installed(tmp_path_factory):
     base = tmp_path_factory.mktemp("wheel")
     src = _sources(base / "src")
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", base / "dist", src], base)
+    build = _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", base / "dist", src], base)
+    # setuptools warns here about deprecated metadata (the old `project.license` table form)
+    assert "Deprecat" not in build.stdout + build.stderr, build.stderr[-3000:]
     (wheel,) = (base / "dist").glob("mha2sha-*.whl")
     venv.create(base / "venv", with_pip=True)
     py = base / "venv" / "bin" / "python"
