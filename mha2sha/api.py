@@ -285,7 +285,7 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
 
 def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOptions, loaded, encodings, encodings_warnings,
                   adaptor_specs, inputs: list[Path], started: float) -> ConversionResult:
-    from verify.report import REPORT_JSON, REPORT_MD, write_report
+    from verify.report import write_report
 
     out_dir = staged.out_dir
     if opts.name is not None:
@@ -440,7 +440,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             placed = staged.commit()
         except OSError as write_exc:
             raise disk_full(write_exc, out_dir) or write_exc from None
-        result.report_paths = {"json": placed[REPORT_JSON], "md": placed[REPORT_MD]}
+        result.report_paths = _report_paths(placed)
         raise
     finally:
         if verifier is not None:
@@ -459,7 +459,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
     except OSError as exc:
         raise disk_full(exc, out_dir) or exc from None
     if opts.verify:
-        result.report_paths = {"json": placed[REPORT_JSON], "md": placed[REPORT_MD]}
+        result.report_paths = _report_paths(placed)
     return result
 
 
@@ -477,6 +477,15 @@ def _write_qdq(model: ir.Model, numeric: dict, staged, name: str, *, external: b
     onnx.save(qdq, str(path), save_as_external_data=big, location=f"{name}_qdq.onnx.data" if big else None)
     summary["file"] = path.name
     return summary
+
+
+def _report_paths(placed: dict[str, Path]) -> dict[str, Path]:
+    """{"json", "md", "html"}: the reports among the placed files (the page only when it was drawn)."""
+    from verify.report import REPORT_JSON, REPORT_MD
+    from verify.report_html import REPORT_HTML
+
+    kinds = {"json": REPORT_JSON, "md": REPORT_MD, "html": REPORT_HTML}
+    return {kind: placed[name] for kind, name in kinds.items() if name in placed}
 
 
 def _optimize_o_proj(model: ir.Model, split: SplitResult, encodings, original_names: set[str]) -> dict:

@@ -20,7 +20,7 @@ def run_verify(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # The report is staged and moved in at the end; a user's file of that name is refused.
     with OutputTransaction(out, inputs, overwrite=getattr(args, "overwrite", False)) as txn:
-        for name in ("verification_report.json", "verification_report.md"):
+        for name in ("verification_report.json", "verification_report.md", "verification_report.html"):
             txn.check_target(name)
         return _verify_into(txn, args, original, sha, allow, loaded)
 
