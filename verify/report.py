@@ -56,10 +56,12 @@ def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
 
 def _write_html(report: dict, out_dir: Path, paths: dict[str, Path]) -> None:
     # The page is for looking, the JSON is the record: a page that cannot be drawn never fails a run.
-    from verify.report_html import write_html
+    from verify.report_html import REPORT_HTML, render_html
 
     try:
-        paths["html"] = write_html(report, out_dir)
+        path = Path(out_dir) / REPORT_HTML
+        _atomic_write(path, render_html(report, out_dir=Path(out_dir)))
+        paths["html"] = path
     except Exception as exc:  # noqa: BLE001
         import logging
 

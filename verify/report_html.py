@@ -249,12 +249,3 @@ def render_html(report: dict, *, draw: bool = True, out_dir: Path | None = None)
 
     parts += ["<h2>Tolerance rule</h2>", f"<pre>{_e((tolerance_rule or '').strip())}</pre>", "</body></html>"]
     return "\n".join(parts)
-
-
-def write_html(report: dict, out_dir: Path, *, draw: bool = True) -> Path:
-    """Write ``verification_report.html`` into ``out_dir`` atomically; returns its path."""
-    from verify.report import _atomic_write
-
-    path = Path(out_dir) / REPORT_HTML
-    _atomic_write(path, render_html(report, draw=draw, out_dir=Path(out_dir)))
-    return path
