@@ -653,6 +653,10 @@ class BlockSplitter:
                     inputs.append(made[src[1]].outputs[src[2]])
                 else:
                     inputs.append(src[1])
+            same = self._same_node(nr.op, nr.domain, inputs, nr.attributes)
+            if same is not None:
+                made.append(same)
+                continue
             outputs = []
             for name, shape, dtype in nr.outputs:
                 v = ir.Value(name=self._unique(prefix + name), shape=shape)
@@ -660,6 +664,7 @@ class BlockSplitter:
                 outputs.append(v)
             node = ir.Node(nr.domain, nr.op, inputs, nr.attributes, outputs=outputs, name=self._unique(prefix + nr.name), version=nr.version)
             self._add(node)
+            self._remember_node(node)
             made.append(node)
         return {idx: ins[src[1]] if src[0] == _IN else made[src[1]].outputs[src[2]] for idx, src in recipe.results.items()}
 
@@ -680,10 +685,43 @@ class BlockSplitter:
                     attributes.pop(k, None)
                 else:
                     attributes[k] = v
-        outs = self._outputs_for(inst, head, tag)
         inputs = list(ins) if extra_inputs is None else extra_inputs
-        self._node(node.op_type, inputs, attributes, f"{self.block.name}.{tag}.{node.name or node.op_type}", outs, domain=node.domain, version=node.version)
+        same = self._same_node(node.op_type, node.domain, inputs, attributes)
+        if same is not None:  # another head already computes this (K^T after a GQA repeat)
+            return {idx: same.outputs[idx] for idx in inst.outputs}
+        outs = self._outputs_for(inst, head, tag)
+        made = self._node(node.op_type, inputs, attributes, f"{self.block.name}.{tag}.{node.name or node.op_type}", outs, domain=node.domain, version=node.version)
+        self._remember_node(made)
         return {idx: outs[idx] for idx in inst.outputs}
+
+    # One node per distinct (op, inputs, attributes): heads that read the same pieces (the
+    # query heads of a kv group after repeat_kv) share the node instead of repeating it.
+    _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                                   "Multinomial", "Bernoulli", "Dropout"})
+
+    def _node_key(self, op: str, domain: str, inputs, attributes) -> tuple | None:
+        if op in self._NONDETERMINISTIC:
+            return None
+        items = attributes.items() if hasattr(attributes, "items") else ((a.name, a) for a in attributes)
+        sig = []
+        for name, a in items:  # ir.Attr, or a plain value set by a handler
+            if isinstance(a, ir.Attr):
+                if a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS, ir.AttributeType.TENSOR):
+                    return None
+                a = a.value
+            if not isinstance(a, int | float | str | list | tuple):
+                return None
+            sig.append((name, tuple(a) if isinstance(a, list | tuple) else a))
+        return (op, domain, tuple(id(v) if v is not None else None for v in inputs), tuple(sorted(sig, key=lambda t: t[0])))
+
+    def _same_node(self, op, domain, inputs, attributes) -> ir.Node | None:
+        key = self._node_key(op, domain, inputs, attributes)
+        return None if key is None else self.__dict__.setdefault("_cse", {}).get(key)
+
+    def _remember_node(self, node: ir.Node) -> None:
+        key = self._node_key(node.op_type, node.domain, node.inputs, node.attributes)
+        if key is not None:
+            self.__dict__.setdefault("_cse", {})[key] = node
 
     def _alias(self, inst: Instance, piece: ir.Value, index: int, tag: str) -> dict[int, ir.Value]:
         """A node that is the identity for one head. Its output is the input's piece, unless
