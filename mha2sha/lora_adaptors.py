@@ -567,7 +567,7 @@ def convert_adaptors(adaptors: str | os.PathLike | list[AdaptorSpec], output, *,
             # PEFT keys (module paths, torch layouts): onto the graph's LoRA branches first.
             if spec.peft_config is None:
                 raise InputError(spec.weights, f"adaptor {spec.name!r} has PEFT key names but no adapter_config.json beside it (r and lora_alpha are needed)")
-            mapped = map_peft_adaptor(spec.name, tensors, read_peft_config(spec.peft_config), original.graph)
+            mapped = map_peft_adaptor(spec.name, tensors, read_peft_config(spec.peft_config), find_lora_branches(original.graph))
             tensors = mapped.tensors
             peft_notes[spec.name] = {"modules": len(mapped.modules), "alpha_inputs": mapped.alpha_inputs, "notes": mapped.notes[:8]}
         loaded.append((spec, tensors))

@@ -132,12 +132,12 @@ def _tail(a: list[str], b: list[str]) -> int:
     return n
 
 
-def branch_modules(graph: ir.Graph) -> list[tuple[object, list[str] | None]]:
-    """Every LoRA branch with the module path the export kept for it (None where it kept none)."""
-    from mha2sha.lora_adaptors import find_lora_branches
-
+def branch_modules(lora_branches: list) -> list[tuple[object, list[str] | None]]:
+    """Every LoRA branch (``mha2sha.lora_adaptors.find_lora_branches`` of the graph; passed in
+    so that this module does not import lora_adaptors back) with the module path the export
+    kept for it (None where it kept none)."""
     out = []
-    for b in find_lora_branches(graph):
+    for b in lora_branches:
         a_path, base_path = _scope(b.a_node), _scope(b.base)
         module = _common_prefix(a_path, base_path) if a_path and base_path else None
         out.append((b, module or None))
@@ -176,8 +176,9 @@ class PeftMapping:
     notes: list[str] = field(default_factory=list)
 
 
-def map_peft_adaptor(name: str, tensors: dict[str, np.ndarray], config: PeftConfig, graph: ir.Graph) -> PeftMapping:
-    """The adaptor's tensors under the graph's initializer names (see the module docstring)."""
+def map_peft_adaptor(name: str, tensors: dict[str, np.ndarray], config: PeftConfig, lora_branches: list) -> PeftMapping:
+    """The adaptor's tensors under the graph's initializer names (see the module docstring);
+    ``lora_branches``: ``mha2sha.lora_adaptors.find_lora_branches`` of the graph."""
     modules: dict[str, dict[str, np.ndarray]] = {}
     for key, value in tensors.items():
         m = _KEY.match(key)
@@ -185,7 +186,7 @@ def map_peft_adaptor(name: str, tensors: dict[str, np.ndarray], config: PeftConf
     for module, pair in modules.items():
         if set(pair) != {"A", "B"}:
             raise InputError(None, f"adaptor {name!r}: module {module!r} has lora_{''.join(sorted(pair))} only")
-    branches = branch_modules(graph)
+    branches = branch_modules(lora_branches)
     if not branches:
         raise InputError(None, f"adaptor {name!r}: the model has no LoRA branch (export the model with the adaptor applied)")
     unnamed = [b for b, path in branches if path is None]
