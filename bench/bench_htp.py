@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,7 @@ def main() -> int:
         for label in args.flags:
             out = tmp / label
             r = subprocess.run([sys.executable, "-m", "mha2sha", "convert", str(model), "-o", str(out), "--no-verification",
-                                *FLAGS[label]], capture_output=True, text=True)
+                                *FLAGS[label]], capture_output=True, text=True, env={**os.environ, htp.DISABLE_ENV: "1"})
             if r.returncode:
                 print(f"convert {label} failed: {r.stderr.strip()[-300:]}", file=sys.stderr)
                 continue

@@ -423,6 +423,9 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
 
                 sha_tensors = set(_all_names(model.graph))
                 report["encodings_coverage"] = encodings_coverage(mapping, set(encodings.tensors), set(sha_encodings.tensors), sha_tensors)
+            section = _htp_section(model_path, staged_model, specs, opts, loaded)
+            if section is not None:
+                report["htp"] = section
     except OutputError:
         raise  # the output folder is the problem: do not write into it
     except (KeyboardInterrupt, SystemExit):
@@ -461,6 +464,19 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
     if opts.verify:
         result.report_paths = _report_paths(placed)
     return result
+
+
+def _htp_section(model_path: Path, converted: Path, specs, opts: ConvertOptions, loaded) -> dict | None:
+    """The report's HTP section when onnxruntime-qnn is installed (mha2sha.htp); a backend
+    failure is reported there, never fails the conversion."""
+    from mha2sha import htp
+
+    if htp.unavailable_reason() is not None:
+        return None
+    try:
+        return htp.report_section(model_path, converted, specs, seed=opts.seed, weight_bytes=loaded.weight_bytes)
+    except Exception as exc:  # noqa: BLE001 - the HTP section is information, not a check
+        return {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
 
 
 def _write_qdq(model: ir.Model, numeric: dict, staged, name: str, *, external: bool) -> dict:

@@ -251,3 +251,39 @@ def _child(request_path: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(_child(sys.argv[1]))
+
+
+# -- the report's "HTP" section ---------------------------------------------------------
+REPORT_LIMIT_BYTES = 300_000_000  # larger models: the section says why it is absent
+DISABLE_ENV = "MHA2SHA_NO_HTP"  # set to 1 to leave the section out (the default test suite does)
+
+
+def report_section(original: Path, converted: Path, specs, *, seed: int, weight_bytes: int) -> dict | None:
+    """The report's HTP entry: do MHA and SHA run whole on HTP, and what does the preparer
+    keep for each (runlist, DDR, spill/fill); None when onnxruntime-qnn is absent."""
+    if unavailable_reason() is not None or os.environ.get(DISABLE_ENV) == "1":
+        return None
+    if weight_bytes > REPORT_LIMIT_BYTES:
+        return {"status": "skipped", "reason": f"model weights above {REPORT_LIMIT_BYTES // 1_000_000} MB "
+                                               "(bench/bench_htp.py measures large models)"}
+    import onnx
+
+    from verify.run import consistent_graph_feeds
+
+    _, feeds = consistent_graph_feeds(original, seed=seed, weight_bytes=weight_bytes)
+    sha_feeds = dict(feeds)
+    for spec in specs:
+        sha_feeds = spec.graph_feeds(sha_feeds)
+    wanted = {i.name for i in onnx.load(str(converted), load_external_data=False).graph.input}
+    mha = run(original, feeds)
+    sha = run(converted, {k: v for k, v in sha_feeds.items() if k in wanted})
+    section = {"status": "pass" if sha.runs_whole else "fail", "soc_model": SOC_MODEL, "htp_arch": HTP_ARCH,
+               "precision": "fp16", "mha": mha.signals(), "sha": sha.signals()}
+    if mha.outputs and sha.outputs:
+        got = dict(sha.outputs)
+        for spec in specs:
+            got = spec.graph_outputs(got)
+        diffs = {k: float(np.max(np.abs(got[k].astype(np.float64) - v))) for k, v in mha.outputs.items()
+                 if k in got and np.issubdtype(v.dtype, np.floating)}
+        section["max_abs_sha_vs_mha"] = diffs
+    return section

@@ -124,11 +124,37 @@ def markdown(report: dict) -> str:
                 lines.append(f"- {k}: {len(v)}" + (f" ({', '.join(map(str, v[:8]))}{'...' if len(v) > 8 else ''})" if v else ""))
             else:
                 lines.append(f"- {k}: {v}")
+    lines += _htp_lines(report.get("htp"))
     timings = report.get("timings")
     if timings:
         lines += ["", "## Timings (s)", ""] + [f"- {k}: {_fmt(v)}" for k, v in timings.items()]
     lines += ["", "## Tolerance rule", "", TOLERANCE_RULE.strip(), ""]
     return "\n".join(lines)
+
+
+def _htp_lines(section: dict | None) -> list[str]:
+    """The "HTP" section (written by mha2sha.htp when onnxruntime-qnn is installed)."""
+    if not section:
+        return []
+    lines = ["", f"## HTP (onnxruntime-qnn): {section.get('status')}", ""]
+    if section.get("reason"):
+        return lines + [section["reason"]]
+    lines.append(f"SoC {section.get('soc_model')}, arch {section.get('htp_arch')}, {section.get('precision')}, CPU fallback disabled")
+    lines += ["", "| model | runs whole | runlist ops | DDR read | DDR write | spill | fill |", "|---|---|---|---|---|---|---|"]
+    for key in ("mha", "sha"):
+        r = section.get(key) or {}
+        lines.append(f"| {key.upper()} | {'yes' if r.get('runs_whole') else 'NO'} | {r.get('runlist')} | {r.get('ddr_read')} | "
+                     f"{r.get('ddr_write')} | {r.get('spill')} | {r.get('fill')} |")
+    for key in ("mha", "sha"):
+        r = section.get(key) or {}
+        if not r.get("runs_whole"):
+            lines.append(f"- {key.upper()} does not run whole: {r.get('error')}")
+            lines += [f"  - rejected: {x}" for x in r.get("rejected", [])]
+            lines += [f"  - QNN: {x}" for x in r.get("qnn_errors", [])[:5]]
+    diffs = section.get("max_abs_sha_vs_mha")
+    if diffs:
+        lines.append("- SHA vs MHA on HTP, max abs: " + ", ".join(f"`{k}` {_fmt(v)}" for k, v in diffs.items()))
+    return lines
 
 
 def verdict_table(report: dict) -> str:

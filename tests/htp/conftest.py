@@ -7,6 +7,8 @@ onnxruntime-qnn they skip with the reason.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mha2sha import htp
@@ -14,6 +16,8 @@ from mha2sha import htp
 
 def pytest_collection_modifyitems(config, items):
     selected = "htp" in (config.getoption("-m") or "")
+    if selected and os.environ.get("MHA2SHA_NO_HTP") == "1":
+        del os.environ["MHA2SHA_NO_HTP"]  # set by tests/conftest.py for the default run
     missing = htp.unavailable_reason()
     for item in items:
         if "htp" not in item.keywords:
