@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, replace
 
 LAYOUTS = ("linear", "nchw", "mha_conv")
 PROJECTIONS = ("matmul", "matmul_bias", "gemm", "gemm_transb")
-FUSED = ("none", "split", "slice", "gather")
+FUSED = ("none", "split", "slice", "gather", "gather_mid", "grouped")
+# gather_mid: [B, S, H, 3, D] then Gather on axis 3 (Bloom); grouped: [B, S, KV, H/KV + 2, D] then
+# Slices on axis 3 (Falcon's new decoder architecture).
 HEAD_SPLITS = ("reshape_transpose", "fused_kt", "folded")
 SCALINGS = ("div_scores", "mul_scores", "mul_q", "mul_qk", "none", "shape")
 MASKS = ("none", "causal", "additive_input", "bool_input", "per_head", "sliding_window", "padding_input", "causal_padding_input")
@@ -20,7 +22,8 @@ MASKS = ("none", "causal", "additive_input", "bool_input", "per_head", "sliding_
 # causal constant, decoders).
 PADDING_MASKS = ("padding_input", "causal_padding_input")
 ROPES = ("none", "rotate_half", "half_split", "interleaved", "rotary_op")
-GQA_REPEATS = ("expand", "tile", "broadcast")
+GQA_REPEATS = ("expand", "tile", "broadcast", "mqa_broadcast")
+# mqa_broadcast: one kv head that exists only as a broadcast axis of MatMul (Falcon / BigCode MQA).
 PAST_KV = ("none", "full", "new_only", "full_transposed_key")
 NORMS = ("rms", "layer")  # between layers: RMSNorm (Llama) or LayerNorm with bias (GPT-2, BERT)
 OPSETS = tuple(range(17, 24))
@@ -51,6 +54,7 @@ class AttentionConfig:
     kv_seq: int | None = None  # cross-attention source length (default seq)
     head_split: str = "reshape_transpose"
     folded_view: bool = False  # folded heads: masks and biases added in a [B, H, S, T] view (BART)
+    probs_view: bool = False  # softmax over [B, H, S, T], then probabilities and V folded to [B*H, ...] (Bloom TorchScript)
     reshape_minus_one: bool = False
     scaling: str = "div_scores"
     mask: str = "causal"
@@ -67,6 +71,7 @@ class AttentionConfig:
     lora_alpha_input: bool = False
     alibi: bool = False
     qk_norm: bool = False
+    qk_norm_full: bool = False  # the q/k norm spans the full projection width H*D, before the head split (OLMo-2)
     relative_bias: bool = False
     attention_op: bool = False  # the opset-23 Attention op as the core
     mlp: bool = True
@@ -149,8 +154,19 @@ class AttentionConfig:
             need(not self.cross_attention, "fused QKV reads one input")
             need(self.layout == "linear", "fused QKV is built for the linear layout")
             need(self.projection in ("matmul", "matmul_bias", "gemm", "gemm_transb"), "fused QKV needs a linear projection")
-        if self.fused_qkv == "gather":
+        if self.fused_qkv in ("gather", "gather_mid"):
             need(self.kv_heads == self.heads, "the [B, S, 3, H, D] Gather form needs kv heads == heads")
+        if self.fused_qkv == "grouped":
+            need(self.gqa_repeat != "tile" or self.group == 1, "the grouped fused layout holds kv group h // n: not a Tile repeat (h % KV)")
+        if self.gqa_repeat == "mqa_broadcast":
+            need(self.kv_heads == 1, "the broadcast multi-query form has one kv head")
+        if self.probs_view:
+            need(self.head_split == "reshape_transpose" and self.layout == "linear", "the probabilities view folds plain [B, H, S, T] heads")
+            need(not self.attention_op, "the probabilities view needs a Softmax core")
+            need(self.gqa_repeat != "broadcast" or self.group == 1, "the probabilities view folds 4-D heads, not the 5-D GQA form")
+        if self.qk_norm_full:
+            need(self.qk_norm, "qk_norm_full is a form of qk_norm")
+            need(self.layout == "linear", "the full-width q/k norm is built for the linear layout")
         if self.layout == "nchw":
             need(self.projection == "matmul", "the NCHW layout uses 1x1 Conv projections (projection=matmul)")
             need(self.head_split == "reshape_transpose", "the NCHW layout has its own head split")
@@ -179,7 +195,7 @@ class AttentionConfig:
             need(self.head_split == "reshape_transpose", "the Attention op reads [B, H, S, D]")
             need(self.layout == "linear", "the Attention op is built for the linear layout")
         if self.head_split == "fused_kt":
-            need(self.rope == "none" and not self.qk_norm, "a fused K transpose leaves no [.., S, D] key for RoPE or q/k norm")
+            need(self.rope == "none" and (not self.qk_norm or self.qk_norm_full), "a fused K transpose leaves no [.., S, D] key for RoPE or q/k norm")
         if self.past_kv == "full_transposed_key":
             need(self.head_split in ("reshape_transpose", "fused_kt"), "the transposed key cache needs K^T from a plain split")
             need(self.gqa_repeat != "broadcast" or self.group == 1, "transposed key cache with broadcast GQA is not built")

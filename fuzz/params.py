@@ -98,7 +98,8 @@ def draw_params(cfg: AttentionConfig, seed: int) -> ModelParams:
                 lp.lora[role] = [LoraParams(w((e, cfg.lora_rank), 1.0 / math.sqrt(e)), w((cfg.lora_rank, out), 0.5)) for _ in range(cfg.lora_adaptors)]
             lp.lora_alpha = [float(_round(np.array(0.5 + 0.5 * k), cfg.dtype)) for k in range(cfg.lora_adaptors)]
         if cfg.qk_norm:
-            lp.q_norm, lp.k_norm = _round(1.0 + 0.2 * rng.standard_normal(d), cfg.dtype), _round(1.0 + 0.2 * rng.standard_normal(d), cfg.dtype)
+            qn, kn = (h * d, kv * d) if cfg.qk_norm_full else (d, d)  # full width: one weight per channel
+            lp.q_norm, lp.k_norm = _round(1.0 + 0.2 * rng.standard_normal(qn), cfg.dtype), _round(1.0 + 0.2 * rng.standard_normal(kn), cfg.dtype)
         if cfg.mask == "per_head":
             lp.per_head_mask = _round(2.0 * rng.standard_normal((h, cfg.seq, cfg.t)), cfg.dtype)
         if cfg.alibi:

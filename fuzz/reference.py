@@ -96,8 +96,11 @@ def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams,
     q = _project(cfg, x, lp.wq, lp.bq, lp.lora.get("q"), alphas)
     k = _project(cfg, source, lp.wk, lp.bk, lp.lora.get("k"), alphas)
     v = _project(cfg, source, lp.wv, lp.bv, lp.lora.get("v"), alphas)
+    if cfg.qk_norm_full:  # over the whole projection width, before the head split (OLMo-2)
+        eps = stored(NORM_EPS, cfg.dtype)
+        q, k = F.rms_norm(q, lp.q_norm, eps=eps), F.rms_norm(k, lp.k_norm, eps=eps)
     q, k, v = _heads(q, h, d), _heads(k, kv, d), _heads(v, kv, d)
-    if cfg.qk_norm:
+    if cfg.qk_norm and not cfg.qk_norm_full:
         eps = stored(NORM_EPS, cfg.dtype)
         q = F.rms_norm(q, lp.q_norm, eps=eps)
         k = F.rms_norm(k, lp.k_norm, eps=eps)

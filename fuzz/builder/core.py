@@ -7,7 +7,7 @@ import math
 import numpy as np
 import onnx
 
-from fuzz.builder.base import BuilderBase
+from fuzz.builder.base import EPS, BuilderBase
 from fuzz.params import LayerParams
 
 
@@ -24,7 +24,7 @@ class CoreMixin(BuilderBase):
                     alphas.append(g.op("Mul", ["lora_alpha", g.scalar(float(k + 1))]) if k else "lora_alpha")
                 else:
                     alphas.append(g.scalar(lp.lora_alpha[k], "lora_alpha"))
-        if cfg.fused_qkv != "none":
+        if cfg.fused_qkv in ("split", "slice", "gather"):
             w = np.concatenate([lp.wq, lp.wk, lp.wv], axis=1)
             b = None if lp.bq is None else np.concatenate([lp.bq, lp.bk, lp.bv])
             qkv = self.project(x, w, b, "qkv_proj")
@@ -34,18 +34,34 @@ class CoreMixin(BuilderBase):
             elif cfg.fused_qkv == "slice":
                 bounds = np.cumsum([0] + sizes)
                 q, k, v = (g.slice(qkv, int(bounds[n]), int(bounds[n + 1]), -1) for n in range(3))
-            else:  # [B, S, 3, H, D] then Gather on the qkv axis
+            elif cfg.fused_qkv == "gather":  # [B, S, 3, H, D] then Gather on the qkv axis
                 five = g.reshape(qkv, [0, 0, 3, h, d])
                 q, k, v = (g.reshape(g.op("Gather", [five, g.const(np.array(n, np.int64), "qkv_index")], axis=2), [0, 0, h * d]) for n in range(3))
-        else:
+        if cfg.fused_qkv == "gather_mid":  # Bloom: channels [H, 3, D], Gather on axis 3
+            w = np.stack([m.reshape(-1, h, d) for m in (lp.wq, lp.wk, lp.wv)], axis=2).reshape(lp.wq.shape[0], -1)
+            b = None if lp.bq is None else np.stack([m.reshape(h, d) for m in (lp.bq, lp.bk, lp.bv)], axis=1).reshape(-1)
+            five = g.reshape(self.project(x, w, b, "query_key_value"), [0, 0, h, 3, d])
+            q, k, v = (g.reshape(g.op("Gather", [five, g.const(np.array(n, np.int64), "qkv_index")], axis=3), [0, 0, h * d]) for n in range(3))
+        elif cfg.fused_qkv == "grouped":  # Falcon: channels [KV, n + 2, D], q/k/v sliced on axis 3
+            n = h // kv
+            parts = [lp.wq.reshape(-1, kv, n, d), lp.wk.reshape(-1, kv, 1, d), lp.wv.reshape(-1, kv, 1, d)]
+            w = np.concatenate(parts, axis=2).reshape(lp.wq.shape[0], -1)
+            b = None if lp.bq is None else np.concatenate([lp.bq.reshape(kv, n, d), lp.bk.reshape(kv, 1, d), lp.bv.reshape(kv, 1, d)], axis=1).reshape(-1)
+            five = g.reshape(self.project(x, w, b, "query_key_value"), [0, 0, kv, n + 2, d])
+            q = g.reshape(g.slice(five, 0, n, 3), [0, 0, h * d])
+            k = g.reshape(g.slice(five, n, n + 1, 3), [0, 0, kv * d])
+            v = g.reshape(g.slice(five, n + 1, n + 2, 3), [0, 0, kv * d])
+        elif cfg.fused_qkv == "none":
             q = self.project(x, lp.wq, lp.bq, "q_proj", lp.lora.get("q"), alphas)
             k = self.project(source, lp.wk, lp.bk, "k_proj", lp.lora.get("k"), alphas)
             v = self.project(source, lp.wv, lp.bv, "v_proj", lp.lora.get("v"), alphas)
+        if cfg.qk_norm_full:  # OLMo-2: over H*D before the head split (the fused op where it exists)
+            q, k = self.full_width_rms(q, lp.q_norm, "q_norm"), self.full_width_rms(k, lp.k_norm, "k_norm")
         q = self.split_heads(q, h)
         key_transposed = cfg.layout == "nchw" or cfg.head_split == "fused_kt"
         k = self.split_heads(k, kv, key=True)
         v = self.split_heads(v, kv)
-        if cfg.qk_norm:
+        if cfg.qk_norm and not cfg.qk_norm_full:
             q = self.rms(q, lp.q_norm, "q_norm")
             k = self.rms(k, lp.k_norm, "k_norm")
         if cfg.rope != "none":
@@ -103,12 +119,22 @@ class CoreMixin(BuilderBase):
             probs = g.op("Cast", [probs], to=onnx.helper.np_dtype_to_tensor_dtype(np.dtype(self.dt)))
         if cfg.nan_guard:
             probs = g.op("Where", [g.op("IsNaN", [probs]), g.scalar(0.0), probs])
+        if cfg.probs_view:  # Bloom TorchScript: heads folded into the batch after the softmax
+            probs, v = self._fold(probs, [cfg.seq, cfg.t], 0), self._fold(v, [cfg.t, d], 0)
         out = g.op("MatMul", [probs, v], role="MatMul_1")
+        if cfg.probs_view:
+            out = self._unfold(out)
         if broadcast:
             out = g.reshape(out, [0, h, -1, d])
         if cfg.head_split == "folded":
             out = self._unfold(out)
         return self.merge_heads(out)
+
+    def full_width_rms(self, x: str, weight: np.ndarray, role: str) -> str:
+        """RMSNorm over the last axis: the RMSNormalization op at opset 23, decomposed before."""
+        if self.cfg.opset >= 23:
+            return self.g.op("RMSNormalization", [x, self.w(weight, f"{role}.weight")], axis=-1, epsilon=EPS, role=role)
+        return self.rms(x, weight, role)
 
     def scores_bias(self, lp: LayerParams) -> list[str]:
         """Additive terms on the scores: masks and biases, shaped [1|B, H|1, S, T]."""

@@ -27,8 +27,8 @@ class HeadsMixin(BuilderBase):
     def repeat_kv(self, x: str, transposed: bool) -> str:
         cfg, g = self.cfg, self.g
         n = cfg.group
-        if n == 1 or cfg.gqa_repeat == "broadcast":
-            return x
+        if n == 1 or cfg.gqa_repeat in ("broadcast", "mqa_broadcast"):
+            return x  # mqa_broadcast: MatMul broadcasts the single kv head
         if cfg.gqa_repeat == "tile":
             return g.op("Tile", [x, g.ints([1, n, 1, 1], "repeats")])
         e = g.op("Expand", [g.unsqueeze(x, [2]), g.ints([1, 1, n, 1, 1], "shape")])

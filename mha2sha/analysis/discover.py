@@ -336,7 +336,8 @@ def _between(start: ir.Value, end: ir.Value) -> list[ir.Node]:
             continue
         seen.add(id(v))
         for use in v.uses():
-            if id(use.node) in above:
+            data = use.node.op_type in opaxes.ELEMENTWISE or (use.node.op_type in _PROBS_VIEWS and use.idx == 0)
+            if id(use.node) in above and data:  # not the shape arithmetic of a view's target
                 below[id(use.node)] = use.node
                 stack.extend(use.node.outputs)
     ordered: list[ir.Node] = []
@@ -397,7 +398,8 @@ def _check(block_walker: _Walker, space: HeadSpace) -> None:
                         raise BlockError(str(exc), inst.node) from None
         for layout in inst.outputs.values():
             for axis in inst.along:
-                if axis < len(layout) and head_atoms((layout[axis],), space):
+                # A head digit of size 1 along the op (one kv head) holds one head: no mixing.
+                if axis < len(layout) and any(a.extent != 1 for a in head_atoms((layout[axis],), space)):
                     raise BlockError(f"{inst.node.op_type} works along the head axis", inst.node)
     for leaf in block_walker.leaves.values():
         for ax in leaf.layout:

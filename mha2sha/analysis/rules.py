@@ -259,6 +259,13 @@ def _slice(node: ir.Node, out: Layout) -> RuleResult:
                 raise Unsupported("strided or symbolic Slice of an axis that carries heads")
             start = max(0, min(s + in_dims[a] if s < 0 else s, in_dims[a]))
             inp[a] = Axis(out[a].atoms, out[a].offset + start, in_dims[a])
+        elif not out[a].atoms and sizes_equal(dims(node.outputs[0])[a] if dims(node.outputs[0]) else None, 1) and a > 0 \
+                and any(x.root is not None and not x.broadcast for x in out[a - 1].atoms):
+            # One position picked next to head digits (the k or v selector of Falcon's
+            # [B, S, KV, n + 2, D] reshaped away at once): a window of the fused channels,
+            # as Gather of one index is.
+            start = s + in_dims[a] if s < 0 else s
+            inp[a] = Axis((), start, in_dims[a])
         else:
             inp[a] = Axis((free(in_dims[a]),))
     return RuleResult([tuple(inp)] + [None] * (len(node.inputs) - 1))

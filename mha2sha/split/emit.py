@@ -1045,6 +1045,18 @@ class BlockSplitter:
     def reconstruct(self, value: ir.Value, layout: Layout) -> ir.Value:
         """Concatenate the heads' pieces into a tensor equal to the original ``value``."""
         carrying = [i for i, ax in enumerate(layout) if head_atoms((ax,), self.space) and any(not a.broadcast for a in head_atoms((ax,), self.space))]
+        if not carrying:
+            # Every head reads the same tensor (multi-query: the one kv head is only a broadcast
+            # axis): it is computed once, and its removed unit axes are put back.
+            _, removed = per_head_layout(layout, self.space)
+            p = self.piece(value, layout, 0)
+            if not removed:
+                return p
+            u = self._value(self._name("shared", value.name, "unsq") + ".unsqueezed", value)
+            u.shape = value.shape
+            self._node("Unsqueeze", [p, self._ints("shared", "axes", removed)], None, f"{self.block.name}.shared.Unsqueeze", [u])
+            self.record.add_activation(value.name, u.name)
+            return u
         if len(carrying) != 1:
             raise SplitError(f"cannot reassemble {value.name!r}: heads on {len(carrying)} axes", value.producer())
         axis = carrying[0]

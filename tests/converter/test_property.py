@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from hypothesis import given, note
+import pytest
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import refimpl
@@ -109,3 +110,28 @@ def test_ar_m_refuses_groupings_that_split_a_kv_group():
     assert "kv groups of 3" in result.blocks[0].reason
     _, result = convert_built(built.model, heads_per_block=4)
     assert "does not divide" in result.blocks[0].reason
+
+
+# The attention patterns of the families in tests/exporters/families.py, each drawn with free
+# sizes and every other axis: q/k/v selectors on a middle axis of a fused projection (Bloom,
+# Falcon's grouped layout), probabilities folded into the batch after the softmax (Bloom
+# TorchScript), multi-query by broadcasting with a cache (Falcon / BigCode), a q/k norm over
+# the full projection width (OLMo-2; the RMSNormalization op at opset 23).
+FAMILY_PATTERNS = {
+    "middle_axis_qkv": dict(fused_qkv="gather_mid"),
+    "grouped_qkv": dict(fused_qkv="grouped"),
+    "probs_view": dict(probs_view=True, attention_op=False),
+    "broadcast_mqa_cache": dict(gqa_repeat="mqa_broadcast", attention_op=False, past_kv=st.sampled_from(["full", "new_only", "full_transposed_key"])),
+    "full_width_qk_norm": dict(qk_norm=True, qk_norm_full=True, target_opset=st.sampled_from([None, 18, 23])),
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(FAMILY_PATTERNS))
+def test_family_patterns_convert(pattern):
+    @settings(max_examples=8)
+    @given(attention_configs(**FAMILY_PATTERNS[pattern]))
+    def check(cfg):
+        note(repr(cfg))
+        check_conversion(cfg)
+
+    check()
