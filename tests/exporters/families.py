@@ -360,12 +360,13 @@ class Outcome:
     converted: bool = False
     equivalent: bool = False
     single_head: bool = False
+    inspected: bool = False  # `inspect` finds every block, with its head dim, and no LoRA (none of these has any)
     heads: str = ""  # "<cores> cores, <heads> heads -> <cores> cores" of the export / output
     detail: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.converted and self.equivalent and self.single_head
+        return self.converted and self.equivalent and self.single_head and self.inspected
 
 
 def _ort(path, feeds, extra_outputs=()):
@@ -479,6 +480,15 @@ def evaluate(case: Case, tmp: Path) -> Outcome:
         if err > TOL:
             problems.append(f"the export itself: onnxruntime vs float64 refimpl {err:.1e} on {name}")
 
+    # inspect: what the converter reports finding (analysis only)
+    from mha2sha.api import inspect
+
+    found = inspect(path)
+    wrong = [(b.name, b.reason or f"head dim {b.head_dim}, lora {b.features.get('lora')}") for b in found
+             if not b.converted or b.head_dim is None or b.features.get("lora") != "no"]
+    out.inspected = bool(found) and not wrong
+    inspect_problem = "" if out.inspected else f"inspect: {wrong[:2] or 'no block found'}"
+
     # converted: the tool's conversion with verification exits 0
     try:
         result = convert(path, tmp / "verified", ConvertOptions())
@@ -510,6 +520,6 @@ def evaluate(case: Case, tmp: Path) -> Outcome:
     out.single_head = bool(after) and all(h == 1 for h in after) and sum(after) >= sum(before)
     if not out.single_head:
         problems.append(f"multi-head cores remain ({out.heads}; skipped: {skipped[:2]})")
-    if problems:
-        out.detail = "; ".join(filter(None, [out.detail] + problems))
+    if problems or inspect_problem:
+        out.detail = "; ".join(filter(None, [out.detail] + problems + [inspect_problem]))
     return out

@@ -37,7 +37,7 @@ for spec in json.loads(sys.argv[1]):
     try:
         with tempfile.TemporaryDirectory() as d:
             o = evaluate(case, pathlib.Path(d))
-        res = dict(exported=o.exported, converted=o.converted, equivalent=o.equivalent, single_head=o.single_head, heads=o.heads, detail=o.detail)
+        res = dict(exported=o.exported, converted=o.converted, equivalent=o.equivalent, single_head=o.single_head, inspected=o.inspected, heads=o.heads, detail=o.detail)
     except Exception as exc:
         res = dict(exported=False, converted=False, equivalent=False, single_head=False, heads="", detail=f"error: {type(exc).__name__}: {exc}"[:300])
     signal.alarm(0)
@@ -81,6 +81,10 @@ def _chunk(todo: list[Case], timeout: float, report) -> list[tuple[Case, dict]]:
     return done
 
 
+def _passed(r: dict) -> bool:
+    return r["converted"] and r["equivalent"] and r["single_head"] and r.get("inspected", True)
+
+
 def _mark(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
@@ -89,7 +93,7 @@ def render(results: list[dict]) -> str:
     total = len(results)
     exported = [r for r in results if r["exported"]]
     count = lambda key: sum(1 for r in exported if r[key])
-    passed = sum(1 for r in exported if r["converted"] and r["equivalent"] and r["single_head"])
+    passed = sum(1 for r in exported if _passed(r))
     lines = [
         "# Support matrix",
         "",
@@ -102,20 +106,21 @@ def render(results: list[dict]) -> str:
         "- **equivalent**: onnxruntime on the output equals onnxruntime on the export and the float64 reference",
         "  interpreter (refimpl) on the export, within 1e-4 of the output's magnitude;",
         "- **single-head**: every attention core of the output computes one head (counted from run-time score",
-        "  shapes), and no head is lost.",
+        "  shapes), and no head is lost;",
+        "- **inspect**: `mha2sha inspect` finds every block with its head dim and reports no LoRA (none has any).",
         "",
         f"{total} cases; {len(exported)} export; of those {count('converted')} converted, {count('equivalent')} equivalent,",
-        f"{count('single_head')} single-head, {passed} all three.",
+        f"{count('single_head')} single-head, {sum(1 for r in exported if r.get('inspected', True))} inspected correctly, {passed} all four.",
         "",
-        "| family | exporter | attention | mode | converted | equivalent | single-head | cores (export -> output) | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| family | exporter | attention | mode | converted | equivalent | single-head | inspect | cores (export -> output) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if not r["exported"]:
-            lines.append(f"| {r['family']} | {r['exporter']} | {r['attn']} | {r['mode']} | n/a | n/a | n/a | | the exporter fails: {r['detail'].removeprefix('export failed: ')[:120]} |")
+            lines.append(f"| {r['family']} | {r['exporter']} | {r['attn']} | {r['mode']} | n/a | n/a | n/a | n/a | | the exporter fails: {r['detail'].removeprefix('export failed: ')[:120]} |")
             continue
-        note = "" if r["converted"] and r["equivalent"] and r["single_head"] else r["detail"][:200].replace("|", "/")
-        lines.append(f"| {r['family']} | {r['exporter']} | {r['attn']} | {r['mode']} | {_mark(r['converted'])} | {_mark(r['equivalent'])} | {_mark(r['single_head'])} | {r['heads']} | {note} |")
+        note = "" if _passed(r) else r["detail"][:200].replace("|", "/")
+        lines.append(f"| {r['family']} | {r['exporter']} | {r['attn']} | {r['mode']} | {_mark(r['converted'])} | {_mark(r['equivalent'])} | {_mark(r['single_head'])} | {_mark(r.get('inspected', True))} | {r['heads']} | {note} |")
     lines += ["", "Families: " + ", ".join(f"{f.name} ({f.note})" if f.note else f.name for f in FAMILIES.values()) + ".", ""]
     return "\n".join(lines)
 
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     todo = [c for c in cases() if args.only is None or re.search(args.only, c.id)]
     def report(case: Case, res: dict) -> None:
-        status = "PASS" if res["converted"] and res["equivalent"] and res["single_head"] else ("NOEXPORT" if not res["exported"] else "FAIL")
+        status = "PASS" if _passed(res) else ("NOEXPORT" if not res["exported"] else "FAIL")
         print(f"{status:8} {case.id:45} {res['seconds']:6.1f}s {res['heads']} {res['detail'][:400] if status != 'PASS' else ''}", flush=True)
 
     chunks = [todo[i :: args.jobs] for i in range(args.jobs)]

@@ -34,6 +34,7 @@ def _check(case, tmp_path):
     assert out.converted, out.detail
     assert out.equivalent, out.detail
     assert out.single_head, out.detail
+    assert out.inspected, out.detail
 
 
 @pytest.mark.parametrize("case", DEFAULT, ids=lambda c: c.id)
