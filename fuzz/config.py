@@ -51,6 +51,10 @@ class AttentionConfig:
     projection: str = "matmul"
     fused_qkv: str = "none"
     cross_attention: bool = False
+    # Joint attention (SD3 MMDiT): a text stream (encoder_hidden_states, kv_seq tokens) with its
+    # own q/k/v projections, concatenated with the image stream on the sequence axis after the
+    # head split; the text rows of the result are pooled into the image rows' output.
+    joint_attention: bool = False
     kv_seq: int | None = None  # cross-attention source length (default seq)
     head_split: str = "reshape_transpose"
     folded_view: bool = False  # folded heads: masks and biases added in a [B, H, S, T] view (BART)
@@ -100,7 +104,14 @@ class AttentionConfig:
         """Key length: cross-attention source, else past + new."""
         if self.cross_attention:
             return self.kv_seq if self.kv_seq is not None else self.seq
+        if self.joint_attention:
+            return self.seq + self.text_len
         return self.past + self.seq
+
+    @property
+    def text_len(self) -> int:
+        """Joint attention: tokens of the text stream (encoder_hidden_states)."""
+        return self.kv_seq if self.kv_seq is not None else self.seq
 
     @property
     def has_past(self) -> bool:
@@ -156,6 +167,12 @@ class AttentionConfig:
             need(self.projection in ("matmul", "matmul_bias", "gemm", "gemm_transb"), "fused QKV needs a linear projection")
         if self.fused_qkv in ("gather", "gather_mid"):
             need(self.kv_heads == self.heads, "the [B, S, 3, H, D] Gather form needs kv heads == heads")
+        if self.joint_attention:
+            need(not self.cross_attention and not self.has_past and self.mask == "none", "joint attention is bidirectional over both streams, without a cache")
+            need(self.layout == "linear" and self.fused_qkv == "none" and self.head_split == "reshape_transpose", "joint attention is built with plain linear projections and head splits")
+            need(self.rope == "none" and not self.qk_norm and not self.lora_rank and not self.attention_op and not self.probs_view,
+                 "joint attention is built without RoPE, q/k norm, LoRA, the Attention op or a probabilities view")
+            need(not (self.alibi or self.relative_bias), "joint attention takes no per-head bias")
         if self.fused_qkv == "grouped":
             need(self.gqa_repeat != "tile" or self.group == 1, "the grouped fused layout holds kv group h // n: not a Tile repeat (h % KV)")
         if self.gqa_repeat == "mqa_broadcast":
@@ -163,7 +180,7 @@ class AttentionConfig:
         if self.probs_view:
             need(self.head_split == "reshape_transpose" and self.layout == "linear", "the probabilities view folds plain [B, H, S, T] heads")
             need(not self.attention_op, "the probabilities view needs a Softmax core")
-            need(self.gqa_repeat != "broadcast" or self.group == 1, "the probabilities view folds 4-D heads, not the 5-D GQA form")
+            need(self.gqa_repeat in ("expand", "tile") or self.group == 1, "the probabilities view folds V with every query head: kv heads repeated, not broadcast")
         if self.qk_norm_full:
             need(self.qk_norm, "qk_norm_full is a form of qk_norm")
             need(self.layout == "linear", "the full-width q/k norm is built for the linear layout")

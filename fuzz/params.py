@@ -48,6 +48,10 @@ class LayerParams:
     w_down: np.ndarray | None = None
     norm1_bias: np.ndarray | None = None  # LayerNorm only
     norm2_bias: np.ndarray | None = None
+    txt_wq: np.ndarray | None = None  # joint attention: the text stream's projections ([E, H*D], [E, KV*D] x 2)
+    txt_wk: np.ndarray | None = None
+    txt_wv: np.ndarray | None = None
+    txt_wo: np.ndarray | None = None  # [H*D, E]
 
 
 @dataclass
@@ -110,6 +114,9 @@ def draw_params(cfg: AttentionConfig, seed: int) -> ModelParams:
             lp.w_gate, lp.w_up, lp.w_down = w((e, inter), 1 / math.sqrt(e)), w((e, inter), 1 / math.sqrt(e)), w((inter, e), 1 / math.sqrt(inter))
         if cfg.norm == "layer":  # drawn last: RMSNorm models keep the weights of earlier versions
             lp.norm1_bias, lp.norm2_bias = w(e, 0.1), w(e, 0.1)
+        if cfg.joint_attention:  # drawn after everything else: other models keep their weights
+            lp.txt_wq, lp.txt_wk, lp.txt_wv = (w((e, n * d), 2.0 / math.sqrt(e)) for n in (h, kv, kv))
+            lp.txt_wo = w((h * d, e), 1.0 / math.sqrt(h * d))
         layers.append(lp)
     mp = ModelParams(layers)
     if cfg.rope in ("rotate_half", "rotary_op"):

@@ -100,6 +100,9 @@ def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams,
         eps = stored(NORM_EPS, cfg.dtype)
         q, k = F.rms_norm(q, lp.q_norm, eps=eps), F.rms_norm(k, lp.k_norm, eps=eps)
     q, k, v = _heads(q, h, d), _heads(k, kv, d), _heads(v, kv, d)
+    if cfg.joint_attention:  # the text stream joins on the sequence axis (SD3 MMDiT)
+        text = feeds["encoder_hidden_states"].astype(dtype)
+        q, k, v = (np.concatenate([a, _heads(F.linear(text, wt), n, d)], axis=2) for a, wt, n in ((q, lp.txt_wq, h), (k, lp.txt_wk, kv), (v, lp.txt_wv, kv)))
     if cfg.qk_norm and not cfg.qk_norm_full:
         eps = stored(NORM_EPS, cfg.dtype)
         q = F.rms_norm(q, lp.q_norm, eps=eps)
@@ -126,7 +129,7 @@ def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams,
     k_rep, v_rep = k[:, kv_index], v[:, kv_index]
     scale = _score_scale(cfg)
     bias = masks_for(cfg, feeds, dtype)
-    extra = np.zeros((1, h, cfg.seq, cfg.t), dtype)
+    extra = np.zeros((1, h, q.shape[2], cfg.t), dtype)
     if lp.per_head_mask is not None:
         extra = extra + lp.per_head_mask[None]
     if lp.alibi_slopes is not None:
@@ -141,6 +144,9 @@ def _attention_layer(cfg: AttentionConfig, params: ModelParams, lp: LayerParams,
         out = np.nan_to_num(out, nan=0.0)
     b, _, s, _ = out.shape
     merged = out.transpose(0, 2, 1, 3).reshape(b, s, h * d)
+    if cfg.joint_attention:
+        pooled = F.linear(merged[:, cfg.seq:], lp.txt_wo).mean(axis=1, keepdims=True)
+        return F.linear(merged[:, :cfg.seq], lp.wo, lp.bo) + pooled, presents
     return F.linear(merged, lp.wo, lp.bo), presents
 
 

@@ -95,6 +95,7 @@ def _configs(draw, fixed: dict, preferred: dict) -> AttentionConfig:
         projection=draw(st.sampled_from(PROJECTIONS)),
         fused_qkv=draw(st.sampled_from(FUSED)),
         cross_attention=_rare(draw),
+        joint_attention=_rare(draw) and _rare(draw),
         head_split=draw(st.sampled_from(HEAD_SPLITS)),
         folded_view=draw(st.booleans()),
         probs_view=_rare(draw),
@@ -120,7 +121,7 @@ def _configs(draw, fixed: dict, preferred: dict) -> AttentionConfig:
         names=draw(st.sampled_from(["readable", "opaque"])),
         shuffle=_rare(draw),
     )
-    if c["cross_attention"] or pins.get("cross_attention"):
+    if c["cross_attention"] or pins.get("cross_attention") or c.get("joint_attention") or pins.get("joint_attention"):
         c["kv_seq"] = draw(st.integers(1, 8))
     if c["mask"] == "sliding_window" or pins.get("mask") == "sliding_window":
         c["window"] = draw(st.integers(1, 4))

@@ -14,7 +14,7 @@ EPS = NORM_EPS
 
 def dims(cfg: AttentionConfig, *sizes):
     """Static sizes, or the symbolic names of batch / sequence / past when dynamic."""
-    names = {"batch": cfg.batch, "seq": cfg.seq, "past": cfg.past, "total": cfg.t, "kv_seq": cfg.t}
+    names = {"batch": cfg.batch, "seq": cfg.seq, "past": cfg.past, "total": cfg.t, "kv_seq": cfg.text_len if cfg.joint_attention else cfg.t}
     return [(s if cfg.dynamic else names[s]) if isinstance(s, str) else s for s in sizes]
 
 

@@ -57,6 +57,9 @@ class CoreMixin(BuilderBase):
             v = self.project(source, lp.wv, lp.bv, "v_proj", lp.lora.get("v"), alphas)
         if cfg.qk_norm_full:  # OLMo-2: over H*D before the head split (the fused op where it exists)
             q, k = self.full_width_rms(q, lp.q_norm, "q_norm"), self.full_width_rms(k, lp.k_norm, "k_norm")
+        if cfg.joint_attention:  # SD3: text q/k/v from their own projections, joined on the sequence axis
+            txt = [self.split_heads(self.project(self.cross_source, wt, None, f"add_{r}_proj"), n, key=r == "k")
+                   for r, wt, n in (("q", lp.txt_wq, h), ("k", lp.txt_wk, kv), ("v", lp.txt_wv, kv))]
         q = self.split_heads(q, h)
         key_transposed = cfg.layout == "nchw" or cfg.head_split == "fused_kt"
         k = self.split_heads(k, kv, key=True)
@@ -66,6 +69,8 @@ class CoreMixin(BuilderBase):
             k = self.rms(k, lp.k_norm, "k_norm")
         if cfg.rope != "none":
             q, k = self.rope(q), self.rope(k)
+        if cfg.joint_attention:
+            q, k, v = (g.op("Concat", [a, b], axis=2) for a, b in zip((q, k, v), txt))
         if cfg.attention_op:
             return self._attention_op(q, k, v, layer)
         if cfg.has_past:
@@ -128,6 +133,12 @@ class CoreMixin(BuilderBase):
             out = g.reshape(out, [0, h, -1, d])
         if cfg.head_split == "folded":
             out = self._unfold(out)
+        if cfg.joint_attention:  # image rows -> the block output; text rows pooled into it
+            merged = self.merge_heads(out)
+            img = g.slice(merged, 0, cfg.seq, 1)
+            txt_rows = g.slice(merged, cfg.seq, cfg.t, 1)
+            pooled = g.reduce_mean(g.op("MatMul", [txt_rows, self.w(lp.txt_wo, "to_add_out.weight")]), [1])
+            return img, pooled
         return self.merge_heads(out)
 
     def full_width_rms(self, x: str, weight: np.ndarray, role: str) -> str:

@@ -17,8 +17,9 @@ def make_feeds(cfg: AttentionConfig, seed: int = 0) -> dict[str, np.ndarray]:
         feeds["hidden_states"] = rng.standard_normal((b, e, 1, s)).astype(dt)
     else:
         feeds["hidden_states"] = rng.standard_normal((b, s, e)).astype(dt)
-    if cfg.cross_attention:
-        shape = (b, e, 1, t) if cfg.layout == "nchw" else (b, t, e)
+    if cfg.cross_attention or cfg.joint_attention:
+        n = cfg.text_len if cfg.joint_attention else t
+        shape = (b, e, 1, n) if cfg.layout == "nchw" else (b, n, e)
         feeds["encoder_hidden_states"] = rng.standard_normal(shape).astype(dt)
     if cfg.rope in ("rotate_half", "rotary_op"):
         feeds["position_ids"] = np.tile(np.arange(cfg.past, cfg.past + s, dtype=np.int64), (b, 1))

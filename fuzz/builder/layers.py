@@ -39,7 +39,7 @@ class LayersMixin(BuilderBase):
         b, s, e, t = "batch", "seq", cfg.hidden, "total"
         x = g.input("hidden_states", self.dt, dims(cfg, b, e, 1, s) if cfg.layout == "nchw" else dims(cfg, b, s, e))
         self.cross_source = None
-        if cfg.cross_attention:
+        if cfg.cross_attention or cfg.joint_attention:
             shape = dims(cfg, b, e, 1, "kv_seq") if cfg.layout == "nchw" else dims(cfg, b, "kv_seq", e)
             self.cross_source = g.input("encoder_hidden_states", self.dt, shape)
         if cfg.rope in ("rotate_half", "rotary_op"):
@@ -65,8 +65,11 @@ class LayersMixin(BuilderBase):
             g.scope = f"/model/layers.{layer}"
             hn = self.norm(x, lp.norm1, lp.norm1_bias, "input_layernorm", axis=channel_axis)
             attn = self.attention(lp, layer, hn)
+            attn, pooled = attn if isinstance(attn, tuple) else (attn, None)  # joint attention: + text rows
             g.scope = f"/model/layers.{layer}/self_attn"
             attn = self.project(attn, lp.wo, lp.bo, "o_proj")
+            if pooled is not None:
+                attn = g.op("Add", [attn, pooled])
             g.scope = f"/model/layers.{layer}"
             x = g.op("Add", [x, attn], role="residual_add")
             if cfg.mlp:

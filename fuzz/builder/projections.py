@@ -56,6 +56,7 @@ class ProjectionsMixin(BuilderBase):
         """Target shape [B, S, out] after a 2-D/4-D detour: static, or from Shape(x)."""
         cfg, g = self.cfg, self.g
         if not cfg.dynamic:
-            return [cfg.batch, cfg.seq if x != self.cross_source else cfg.t, out_ch]
+            source_len = cfg.text_len if cfg.joint_attention else cfg.t
+            return [cfg.batch, cfg.seq if x != self.cross_source else source_len, out_ch]
         lead = g.op("Shape", [x], start=0, end=2)
         return g.op("Concat", [lead, g.ints([out_ch])], axis=0)

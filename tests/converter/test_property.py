@@ -73,7 +73,8 @@ def check_conversion(cfg, heads_per_block: int = 1, seed: int = 3):
         err = float(np.abs(sha64[name] - expected).max()) / max(1.0, float(np.abs(expected).max()))
         assert err < exact_tol, f"{name}: float64 SHA differs from float64 MHA by {err:.2e}"
     if not cfg.attention_op:
-        per_core = cfg.batch * heads_per_block * cfg.seq * cfg.t
+        rows = cfg.seq + (cfg.text_len if cfg.joint_attention else 0)  # joint attention: both streams' queries
+        per_core = cfg.batch * heads_per_block * rows * cfg.t
         assert all(size == per_core for size in _core_sizes(converted, f2)), "a core computes more than its heads"
     return converted, result
 
@@ -116,13 +117,15 @@ def test_ar_m_refuses_groupings_that_split_a_kv_group():
 # sizes and every other axis: q/k/v selectors on a middle axis of a fused projection (Bloom,
 # Falcon's grouped layout), probabilities folded into the batch after the softmax (Bloom
 # TorchScript), multi-query by broadcasting with a cache (Falcon / BigCode), a q/k norm over
-# the full projection width (OLMo-2; the RMSNormalization op at opset 23).
+# the full projection width (OLMo-2; the RMSNormalization op at opset 23), joint attention over
+# two streams concatenated on the sequence axis (SD3 MMDiT).
 FAMILY_PATTERNS = {
     "middle_axis_qkv": dict(fused_qkv="gather_mid"),
     "grouped_qkv": dict(fused_qkv="grouped"),
     "probs_view": dict(probs_view=True, attention_op=False),
     "broadcast_mqa_cache": dict(gqa_repeat="mqa_broadcast", attention_op=False, past_kv=st.sampled_from(["full", "new_only", "full_transposed_key"])),
     "full_width_qk_norm": dict(qk_norm=True, qk_norm_full=True, target_opset=st.sampled_from([None, 18, 23])),
+    "joint_attention": dict(joint_attention=True),
 }
 
 

@@ -61,8 +61,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("smollm3", "causal", _llm("smollm3", num_key_value_heads=2), cache=True, note="NoPE layers"),
     Family("mixtral", "causal", _llm("mixtral", num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2), cache=True),
     Family("deepseek_v3", "causal", _llm("deepseek_v3", num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1, moe_intermediate_size=32, n_shared_experts=1), cache=True, note="multi-head latent attention"),
-    Family("clip_text", "encoder", {"arch": "clip_text", "config": dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)}),
-    Family("clip_vision", "vision", {"arch": "clip_vision", "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)}),
+    Family("clip_text", "encoder", {"arch": "clip_text_model", "config": dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)}),
+    Family("clip_vision", "vision", {"arch": "clip_vision_model", "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)}),
     Family("vit", "vision", {"arch": "vit", "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)}),
     Family("modernbert", "encoder", {"arch": "modernbert", "config": dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64, global_attn_every_n_layers=2, local_attention=4, pad_token_id=0)}),
     Family("whisper", "whisper", {"arch": "whisper", "config": dict(vocab_size=VOCAB, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=8, max_target_positions=32, pad_token_id=0, decoder_start_token_id=1)}, cache=True, note="self + cross attention, cross caches"),
@@ -131,9 +131,9 @@ def _hf_model(fam: Family, attn: str):
     torch.manual_seed(0)
     cfg = AutoConfig.for_model(fam.build["arch"], **fam.build["config"])
     factory = {"causal": AutoModelForCausalLM, "whisper": WhisperForConditionalGeneration}.get(fam.kind, AutoModel)
-    if fam.build["arch"] == "clip_text":
+    if fam.build["arch"] == "clip_text_model":
         factory = CLIPTextModel
-    elif fam.build["arch"] == "clip_vision":
+    elif fam.build["arch"] == "clip_vision_model":
         factory = CLIPVisionModel
     make = getattr(factory, "from_config", None) or factory._from_config  # Auto* classes / concrete ones
     model = make(cfg, attn_implementation=attn).eval()
@@ -471,11 +471,20 @@ def evaluate(case: Case, tmp: Path) -> Outcome:
     in_names = {i.name for i in original.graph.input}
     feeds = {k: v for k, v in feeds.items() if k in in_names}
     out_names = [o.name for o in original.graph.output]
-    expected = _ort(path, feeds)
-    truth = refimpl.run(str(path), feeds, dtype=np.float64)
-    before = attention_heads(path, feeds)
+    try:
+        expected = _ort(path, feeds)
+    except Exception as exc:  # the exporter wrote a graph onnxruntime cannot run
+        out.exported = False
+        out.detail = f"onnxruntime cannot run the export: {str(exc).splitlines()[0][:200]}"
+        return out
     problems = []
-    for name in out_names:
+    try:
+        truth = refimpl.run(str(path), feeds, dtype=np.float64)
+    except refimpl.RefimplError as exc:  # the truth cannot be computed: not equivalent by this oracle
+        truth = None
+        problems.append(f"no float64 truth: refimpl {type(exc).__name__}: {str(exc)[:120]}")
+    before = attention_heads(path, feeds)
+    for name in out_names if truth is not None else []:
         err = _close(expected[name], truth[name])
         if err > TOL:
             problems.append(f"the export itself: onnxruntime vs float64 refimpl {err:.1e} on {name}")
@@ -510,7 +519,8 @@ def evaluate(case: Case, tmp: Path) -> Outcome:
     ir.save(model, str(sha), external_data="sha.onnx.data")
     got = merge_outputs(_ort(sha, sha_feeds(feeds, split)), split)
     for name in out_names:
-        e_ort, e_truth = _close(got[name], expected[name]), _close(got[name], truth[name])
+        e_ort = _close(got[name], expected[name])
+        e_truth = _close(got[name], truth[name]) if truth is not None else 0.0
         if e_ort > TOL or e_truth > TOL:
             problems.append(f"{name}: vs onnxruntime {e_ort:.1e}, vs refimpl {e_truth:.1e}")
     out.equivalent = not problems

@@ -1,6 +1,7 @@
 """Run the family matrix and write the support matrix (docs/support-matrix.md).
 
     python -m tests.exporters.matrix [--only REGEX] [--jobs N] [--out docs/support-matrix.md] [--json FILE]
+                                     [--log FILE.jsonl [--resume]]
 
 Each case runs in its own process (an exporter crash or hang is that case's result, not the
 run's) in a temporary directory that is removed afterwards. The table is the oracle's
@@ -132,16 +133,33 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", default=None, help="write the markdown table here (default: print it)")
     ap.add_argument("--json", default=None, help="also write the raw results as JSON")
+    ap.add_argument("--log", default=None, help="append each result to this JSON-lines file as it comes")
+    ap.add_argument("--resume", action="store_true", help="with --log: keep the cases already in it, run the others")
     args = ap.parse_args(argv)
     todo = [c for c in cases() if args.only is None or re.search(args.only, c.id)]
+    kept: dict[str, dict] = {}
+    if args.resume and args.log and Path(args.log).exists():
+        for line in Path(args.log).read_text().splitlines():
+            res = json.loads(line)
+            kept[res["case"]] = res
+    by_id = {c.id: c for c in todo}
+    todo = [c for c in todo if c.id not in kept]
+    # Round-robin over the families: an interrupted run still covers every family.
+    rank: dict[str, int] = {}
+    todo.sort(key=lambda c: (rank.__setitem__(c.family, rank.get(c.family, -1) + 1) or rank[c.family]))
+
     def report(case: Case, res: dict) -> None:
+        if args.log:
+            with open(args.log, "a") as f:
+                f.write(json.dumps(dict(res, case=case.id)) + "\n")
         status = "PASS" if _passed(res) else ("NOEXPORT" if not res["exported"] else "FAIL")
         print(f"{status:8} {case.id:45} {res['seconds']:6.1f}s {res['heads']} {res['detail'][:400] if status != 'PASS' else ''}", flush=True)
 
     chunks = [todo[i :: args.jobs] for i in range(args.jobs)]
     with ThreadPoolExecutor(args.jobs) as pool:
         done = [pair for part in pool.map(lambda c: _chunk(c, args.timeout, report), chunks) for pair in part]
-    order = {c.id: i for i, c in enumerate(todo)}
+    done += [(by_id[cid], res) for cid, res in kept.items() if cid in by_id]
+    order = {c.id: i for i, c in enumerate(cases())}
     results = []
     for case, res in sorted(done, key=lambda p: order[p[0].id]):
         res.update(case=case.id, family=case.family, exporter=case.exporter, attn=case.attn, mode=case.mode)
