@@ -72,8 +72,9 @@ def main() -> None:
             runs[label].append(_run(python, code, args.model))
     med = {label: {k: statistics.median(r[k] for r in rs) for k in ("load", "pass")} for label, rs in runs.items()}
     for label, rs in runs.items():
+        passes = ", ".join(f"{r['pass']:.2f}" for r in rs)
         print(f"{label:<18} load {med[label]['load']:6.2f} s   graph pass {med[label]['pass']:6.2f} s   "
-              f"(passes {', '.join(f'{r['pass']:.2f}' for r in rs)})   nodes after {rs[-1]['nodes']}   "
+              f"(passes {passes})   nodes after {rs[-1]['nodes']}   "
               f"peak RSS {max(r['peak_rss_mb'] for r in rs):.0f} MB")
     ratio = med["qairt-dev 0.13.0"]["pass"] / med["mha2sha"]["pass"]
     print(f"graph pass: mha2sha {ratio:.1f}x faster than qairt-dev (medians of {args.rounds} rounds, side by side)")
