@@ -33,7 +33,14 @@ import numpy as np
 import onnx_ir as ir
 
 from mha2sha.graph.datafile import DataFile
-from mha2sha.graph.derived import Derivation, Take, derivation_of
+from mha2sha.graph.derived import (
+    Composed,
+    Derivation,
+    LinearAsConv,
+    Take,
+    derivation_of,
+    transposed,
+)
 from mha2sha.graph.ir_utils import in_memory
 
 INLINE_BYTES = 1024  # tensors up to this size stay inside the .onnx file
@@ -138,6 +145,37 @@ def _reference(location: str, offset: int, length: int, like, name: str, out_dir
     return ir.ExternalTensor(location, offset, length, like.dtype, shape=like.shape, name=name, base_dir=str(out_dir))
 
 
+_WHOLE_SOURCE_BYTES = 128 << 20
+_CHUNK_BYTES = 8 << 20
+
+
+def _read_into(fd: int, view: memoryview, offset: int, path) -> None:
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            raise OSError(f"{path}: ended {len(view) - got} bytes early")
+        got += n
+
+
+def _conv_columns(derivation: Derivation, shape: list[int]) -> tuple[int, int] | None:
+    """``(a, b)`` when ``derivation`` is ``source[:, a:b].T`` as a 1x1 Conv weight."""
+    if len(shape) != 2:
+        return None
+    inner = None
+    if isinstance(derivation, Composed):
+        inner, derivation = derivation.inner, derivation.outer
+    if not (isinstance(derivation, LinearAsConv) and derivation.transpose and derivation.alpha == 1.0):
+        return None
+    if inner is None:
+        return 0, shape[1]
+    if isinstance(inner, Take) and inner.axis in (1, -1) and inner.indices:
+        first = inner.indices[0]
+        if inner.indices == list(range(first, first + len(inner.indices))):
+            return first, first + len(inner.indices)
+    return None
+
+
 class _Producer:
     """Fills the data file with the plan's units, in a thread of its own."""
 
@@ -183,6 +221,11 @@ class _Producer:
         each derived weight."""
         source = group.source
         length = source.length or source.nbytes
+        shape = [int(d) for d in source.shape]
+        spans = [_conv_columns(derivation, shape) for _, derivation, _ in group.items]
+        if spans and all(span is not None for span in spans) and source.dtype.itemsize >= 1:
+            self._derive_transposed(group, spans, shape)
+            return
         if len(self._scratch) < length:
             self._scratch = bytearray(length)
         view = memoryview(self._scratch)[:length]
@@ -197,6 +240,42 @@ class _Producer:
         for value, derivation, expected in group.items:
             derived = np.ascontiguousarray(derivation.derive(array))
             self._append(derived.view(np.uint8).reshape(-1), expected, value.name)
+
+    def _derive_transposed(self, group: _Group, spans: list[tuple[int, int]], shape: list[int]) -> None:
+        """Weights that are column blocks of the source, transposed (Conv layouts of a
+        MatMul weight, per head or whole), written in chunks of output rows: never a whole
+        transposed copy. A source up to _WHOLE_SOURCE_BYTES is read once whole; a larger
+        one (an LM head) a column block at a time, one read per source row."""
+        source = group.source
+        rows, cols = shape
+        dtype = np.dtype(source.dtype.numpy()).newbyteorder("<")
+        itemsize = dtype.itemsize
+        fd, start = self._fd(Path(source.path)), source.offset or 0
+        length = rows * cols * itemsize
+        step = max(1, _CHUNK_BYTES // (rows * itemsize))
+        array = None
+        if length <= _WHOLE_SOURCE_BYTES:
+            if len(self._scratch) < length:
+                self._scratch = bytearray(length)
+            _read_into(fd, memoryview(self._scratch)[:length], start, source.path)
+            array = np.frombuffer(memoryview(self._scratch)[:length], dtype=dtype).reshape(rows, cols)
+        else:
+            block = np.empty((rows, step), dtype=dtype)
+        for (value, _derivation, expected), (first, end) in zip(group.items, spans):
+            written = 0
+            for c0 in range(first, end, step):
+                c1 = min(end, c0 + step)
+                if array is not None:
+                    part = array[:, c0:c1]
+                else:
+                    part = block[:, :c1 - c0]
+                    for r in range(rows):
+                        _read_into(fd, memoryview(part[r]).cast("B"), start + (r * cols + c0) * itemsize, source.path)
+                chunk = transposed(part)
+                self.data.append(chunk.view(np.uint8).reshape(-1))
+                written += chunk.nbytes
+            if written != expected:
+                raise RuntimeError(f"weight {value.name!r}: {written} bytes, planned {expected}")
 
     def _append(self, data, expected: int, name: str) -> None:
         if len(memoryview(data).cast("B")) != expected:

@@ -244,10 +244,23 @@ def test_contiguous_head_slices_are_byte_ranges_of_the_input(tmp_path):
     assert result.report["write"]["written_bytes"] < result.report["write"]["linked_bytes"]
 
 
-def test_linear_to_conv_weights_stream_from_the_input(tmp_path):
+@pytest.mark.parametrize("read", ["whole source", "column blocks"])
+def test_linear_to_conv_weights_stream_from_the_input(tmp_path, monkeypatch, read):
     """--replace-linear-with-conv with external data: every Conv weight is the input's
     MatMul weight transposed to [O, I, 1, 1] (per-head ones: of the head's slice), written
-    from the input file rather than held in memory; outputs as the original's."""
+    from the input file rather than held in memory, in chunks of output rows; outputs as
+    the original's. "column blocks": every source read a few columns at a time, one read
+    per row (as an LM head larger than the writer's whole-source limit is)."""
+    from mha2sha.graph import writer
+
+    if read == "column blocks":
+        monkeypatch.setattr(writer, "_WHOLE_SOURCE_BYTES", 0)
+        monkeypatch.setattr(writer, "_CHUNK_BYTES", 3000)  # 5-6 columns of a 128-row source: partial last chunks
+    else:
+        monkeypatch.setattr(writer, "_CHUNK_BYTES", 10_000)
+    calls = []
+    chunked = writer._Producer._derive_transposed
+    monkeypatch.setattr(writer._Producer, "_derive_transposed", lambda self, *a: calls.append(1) or chunked(self, *a))
     built, path = _external_model(tmp_path)
     original = _weights(path)
     records = {target: (source, axis, indices) for source, target, axis, indices in _split_records(path)}
@@ -264,6 +277,7 @@ def test_linear_to_conv_weights_stream_from_the_input(tmp_path):
             want = np.take(original[source], indices, axis=axis)
             np.testing.assert_array_equal(w, want.T.reshape(w.shape), err_msg=name)
     assert any(n in original for n in convs) and any(n in records for n in convs)
+    assert len(calls) >= len(convs) // 4  # the Conv weights went through the chunked transpose
     assert result.report["write"]["written_bytes"] > 0
     feeds = built.make_feeds(2)
     got = _run_ort(result.model_path, feeds)
