@@ -23,6 +23,7 @@ from mha2sha.errors import (
     InputError,
     NoAttentionError,
     OutputError,
+    UsageError,
 )
 from mha2sha.graph.io import (
     EXTERNAL_DATA_THRESHOLD,
@@ -78,6 +79,8 @@ class ConvertOptions:
     kv_cache_io: str = "per-head"
     """KV-cache graph inputs/outputs (``--kv-cache-io``): ``per-head`` (one per kv head, head axis
     removed), ``head-major`` (one per cache, kv heads first) or ``original`` (sliced in the graph)."""
+    strict: bool = False
+    """Refuse the run (exit 2) when a KV cache cannot be made one per kv head under ``per-head`` cache I/O (``--strict``)."""
     link_weights: bool = False
     """Reference unchanged weights from a clone or hard link of the input's data file (``--link-weights``)."""
     allow_hard_links: bool = False
@@ -325,6 +328,13 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
         report["skipped_blocks"] = [b.as_dict() for b in split.skipped]
         if not split.converted and not opts.allow_no_attention:
             raise NoAttentionError(model_path, _no_attention_message(split.blocks))
+        if opts.per_head_cache_io:
+            report["whole_caches"] = split.whole_caches
+            if split.whole_caches and opts.strict:
+                first = split.whole_caches[0]
+                raise UsageError(None, f"--kv-cache-io per-head --strict: KV cache {first['kind']} {first['tensor']!r} ({first['block']}) "
+                                       f"cannot be given per head: {first['reason']}"
+                                       + (f" (and {len(split.whole_caches) - 1} more)" if len(split.whole_caches) > 1 else ""))
         conv_record = None
         if opts.replace_linear_with_conv:
             stage = "linear to conv"

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encodings-version", choices=["0.6.1", "1.0.0", "2.0.0"], help="write encodings in this version (default: the input's)")
     p.add_argument("--no-verification", action="store_true", help="skip the end-to-end run (per-block checks always run)")
     p.add_argument("--allow-no-attention", action="store_true", help="write the model unchanged when no attention block is found")
+    p.add_argument("--strict", action="store_true", help="with --kv-cache-io per-head (the default): refuse the run (exit 2) when a KV cache input/output cannot be made one per kv head (it would stay whole, sliced inside the graph)")
     p.add_argument("--seed", type=int, default=42, help="seed of the random verification inputs (default: 42)")
     p.add_argument("--build-ar", type=int, default=1, metavar="M", help="heads per attention block after the split (AR-M; default 1 = single-head)")
     p.add_argument("--kv-cache-io", choices=["per-head", "head-major", "original"], default="per-head", help="KV-cache graph inputs/outputs: one per kv head named <name>_h<g> without the head axis (default); head-major: one per cache under the original name laid out [kv heads, ...] (the reference's [H, 1, P, D] at batch 1); original: the original tensors, sliced inside the graph")
@@ -121,6 +122,7 @@ def _cmd_convert(args) -> int:
         no_verification=args.no_verification,
         encodings_version=args.encodings_version,
         allow_no_attention=args.allow_no_attention,
+        strict=args.strict,
         seed=args.seed,
         progress=sys.stderr.isatty() and not _quiet(args),
         build_ar=args.build_ar,

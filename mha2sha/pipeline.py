@@ -19,6 +19,7 @@ from mha2sha.graph.ir_utils import describe
 from mha2sha.passes.cleanup import cleanup, ensure_sorted, infer_shapes
 from mha2sha.passes.fold import fold_static_shapes
 from mha2sha.split.apply import split_block
+from mha2sha.split.cache_io import cache_candidates, whole_caches
 from mha2sha.split.emit import SplitError, SplitRecord
 
 log = logging.getLogger("mha2sha")
@@ -58,6 +59,9 @@ class SplitResult:
     blocks: list[BlockReport]
     records: list[SplitRecord]
     analysed: list[Block] = field(default_factory=list)
+    # KV-cache graph inputs/outputs left whole under per-head cache I/O, with the reason
+    # (mha2sha.split.cache_io): [{"tensor", "kind", "block", "reason"}].
+    whole_caches: list[dict] = field(default_factory=list)
 
     @property
     def converted(self) -> list[BlockReport]:
@@ -157,6 +161,7 @@ def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool
     reports: list[BlockReport] = []
     records: list[SplitRecord] = []
     blocks: list[Block] = []
+    caches: list[dict] = []  # per-head cache candidates of the converted blocks
     for i, anchor in enumerate(anchors):
         name = f"attn{i}"
         report = BlockReport(name, describe(anchor), converted=False)
@@ -176,9 +181,11 @@ def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool
             report.converted = True
             continue
         try:
+            candidates = cache_candidates(block) if per_head_cache_io else []
             records.append(split_block(graph, block, names, per_head_cache_io=per_head_cache_io, requantized=requantized,
                                        positions=positions))
             report.converted = True
+            caches.extend(candidates)
         except (SplitError, ValueError) as exc:
             report.reason = getattr(exc, "reason", str(exc))
             exc = exc if isinstance(exc, SplitError) else SplitError(str(exc))
@@ -189,4 +196,8 @@ def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool
     if not analyse_only:
         cleanup(model)
         _drop_split_inputs(model, records)
-    return SplitResult(model, reports, records, blocks)
+    result = SplitResult(model, reports, records, blocks)
+    result.whole_caches = whole_caches(model, caches)
+    for c in result.whole_caches:
+        log.warning("KV cache %s %s stays whole (%s): %s", c["kind"], c["tensor"], c["block"], c["reason"])
+    return result

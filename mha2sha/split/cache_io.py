@@ -1,0 +1,48 @@
+"""Which KV-cache graph inputs/outputs of the converted blocks stayed whole, and why.
+
+With per-head cache I/O (the default) every cache a converted block reads from a graph input,
+or writes to a graph output, should become one tensor per kv head. Where the splitter could
+not do that it slices the whole cache inside the graph (or concatenates the heads back) and
+the model stays correct; this module names those tensors with the reason, so the report and
+the console say it, and ``--strict`` can refuse the run.
+"""
+
+from __future__ import annotations
+
+from mha2sha.analysis.layout import head_atoms, per_head_layout
+
+
+def _reason(layout, space) -> str:
+    if getattr(space, "group", 1) > 1:
+        return (f"--build-ar {space.group}: each block reads {space.group} heads of it; "
+                "caches are made one per kv head for single-head blocks only")
+    carrying = [i for i, ax in enumerate(layout) if any(not a.broadcast for a in head_atoms((ax,), space))]
+    _, removed = per_head_layout(layout, space)
+    if len(carrying) != 1:
+        return f"its heads are spread over {len(carrying)} axes where the block reads it"
+    if carrying != removed:
+        return (f"its heads share axis {carrying[0]} with another dimension where the block reads it "
+                "(folded, e.g. [B*H, S, D] by a Reshape), so one head is not a slice of an axis of its own")
+    return "the block reads it in a layout the splitter does not turn into cache tensors"
+
+
+def cache_candidates(block) -> list[dict]:
+    """Before the split: the graph inputs the block reads and the graph outputs it writes on
+    its key/value paths that carry heads, with the reason they would stay whole."""
+    out: dict[str, dict] = {}
+    for leaf in block.leaves.values():
+        value = leaf.value
+        if leaf.path in ("k", "v") and value.is_graph_input() and head_atoms(leaf.layout, block.space) and value.name not in out:
+            out[value.name] = {"tensor": value.name, "kind": "input", "block": block.name, "reason": _reason(leaf.layout, block.space)}
+    for (value, layout), (inst, _idx) in block.produced.items():
+        if inst.path in ("k", "v") and value.is_graph_output() and head_atoms(layout, block.space) and value.name not in out:
+            out[value.name] = {"tensor": value.name, "kind": "output", "block": block.name, "reason": _reason(layout, block.space)}
+    return list(out.values())
+
+
+def whole_caches(model, candidates: list[dict]) -> list[dict]:
+    """After the split: the candidates still in the graph's inputs/outputs under their own
+    name (a cache made per head is replaced by ``<name>_h<k>`` tensors)."""
+    inputs = {v.name for v in model.graph.inputs}
+    outputs = {v.name for v in model.graph.outputs}
+    return [c for c in candidates if c["tensor"] in (inputs if c["kind"] == "input" else outputs)]
