@@ -82,7 +82,7 @@ class ConvertOptions:
     strict: bool = False
     """Refuse the run (exit 2) when a KV cache cannot be made one per kv head under ``per-head`` cache I/O (``--strict``)."""
     link_weights: bool = False
-    """Reference unchanged weights from a clone or hard link of the input's data file (``--link-weights``)."""
+    """Reference unchanged weights from a copy-on-write clone of the input's data file, copied where the file system cannot clone (``--link-weights``)."""
     allow_hard_links: bool = False
     """Read external data files that have several hard links (``--allow-hard-links``)."""
     create_input_lists: bool = False
