@@ -383,7 +383,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             from mha2sha.encodings import numeric_encodings, write_encodings
             from mha2sha.encodings.propagate import propagate
 
-            original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links).model
+            original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links, validate=False).model
             sha_encodings, summary = propagate(encodings, original_model, model, split, conv_record)
             report["encodings"] = summary
             encodings_file = f"{name}.encodings"
@@ -399,7 +399,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             stage = "lora adaptors"
             from mha2sha.lora_adaptors import convert_adaptors
 
-            original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links).model
+            original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links, validate=False).model
             adaptors = convert_adaptors(adaptor_specs, staged, original=original_model, converted=model, split=split,
                                         conv=conv_record, encodings_version=opts.encodings_version)
             report["lora_adaptors"] = {

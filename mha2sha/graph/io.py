@@ -110,8 +110,12 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path, *, allow_hard_
     return total, external
 
 
-def load_model(path: str | os.PathLike, *, allow_hard_links: bool = False) -> LoadedModel:
-    """Parse, validate and lazily load an ONNX model (weights stay on disk)."""
+def load_model(path: str | os.PathLike, *, allow_hard_links: bool = False, validate: bool = True) -> LoadedModel:
+    """Parse, validate and lazily load an ONNX model (weights stay on disk).
+
+    ``validate``: refuse an invalid model (mha2sha.graph.validate); off only for reloading a
+    model this run already validated or wrote. IR < 4 models load as IR 4: initializers that
+    IR 3 lists as graph inputs become plain initializers, so that the output is valid."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
@@ -128,15 +132,32 @@ def load_model(path: str | os.PathLike, *, allow_hard_links: bool = False) -> Lo
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.node:
         raise InputError(path, "not an ONNX model (no graph)")
     weight_bytes, external = check_external_data(proto, path, allow_hard_links=allow_hard_links)
+    if validate:
+        from mha2sha.graph.validate import validate_model
+
+        validate_model(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # noqa: BLE001
         raise InputError(path, f"malformed ONNX graph: {exc}") from None
+    if model.ir_version is not None and model.ir_version < 4:
+        _upgrade_ir3(model)
     base = str(path.resolve().parent)
     ir.external_data.set_base_dir(model.graph, base)
     if allow_hard_links:
         _trust_checked_locations(model, base)
     return LoadedModel(model, path, weight_bytes, external)
+
+
+def _upgrade_ir3(model: ir.Model) -> None:
+    """IR 3 requires every initializer to be a graph input; IR 4 does not. The converter adds
+    initializers (per-head weights), so its output is written as IR 4 with the initializers
+    no longer listed as inputs (the model computes the same function)."""
+    initialized = set(model.graph.initializers)
+    kept = [v for v in model.graph.inputs if v.name not in initialized]
+    model.graph.inputs.clear()
+    model.graph.inputs.extend(kept)
+    model.ir_version = 4
 
 
 def _trust_checked_locations(model: ir.Model, base: str) -> None:

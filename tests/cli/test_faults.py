@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 
 from fuzz import examples
@@ -125,28 +126,29 @@ def test_an_input_named_like_an_output_is_never_replaced(example, tmp_path):
     assert tree_hashes(out) == before
 
 
-def test_a_rerun_replaces_every_file_of_the_previous_run(example, tmp_path):
+def test_a_rerun_replaces_every_file_of_the_previous_run(tmp_path):
     """Stale inputs/, input lists, _conv_ models and the VERIFICATION_FAILED marker go; the
     user's files stay."""
-    model, enc = example
+    examples.write_example("gpt2-tiny", tmp_path / "gpt2")
+    model = tmp_path / "gpt2" / "gpt2-tiny.onnx"
+    before = tree_hashes(model.parent)
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    # A failing first run: GPT-2 has no RoPE, so llama3's strict RoPE check fails (outputs kept, marked).
-    examples.write_example("gpt2-tiny", tmp_path / "gpt2")
-    proc = run("--exported-model-path", tmp_path / "gpt2" / "gpt2-tiny.onnx", "--base-llm", "llama3", "--strict",
-               "--create-input-lists", "--sha-export-path", out, cmd=COMPAT)
-    assert proc.returncode == 1, proc.stderr
+    proc = run("--exported-model-path", model, "--handle-rope-ops", "--strict", "--create-input-lists",
+               "--sha-export-path", out, cmd=COMPAT)
+    assert proc.returncode == 1, proc.stderr  # strict RoPE on a model without RoPE fails: outputs kept and marked
     assert (out / "VERIFICATION_FAILED").is_file() and (out / "input_list.txt").is_file()
     first = set(visible(out))
-    proc = run("convert", model, "-e", enc, "-o", out, "--replace-linear-with-conv")
+    proc = run("convert", model, "-o", out, "--replace-linear-with-conv")
     assert proc.returncode == 0, proc.stderr
     now = set(visible(out))
     assert "VERIFICATION_FAILED" not in now and "input_list.txt" not in now and "inputs" not in now
     assert "notes.txt" in now and (out / "notes.txt").read_text() == "mine"
-    assert "llama3-tiny_conv_kvcache_sha.onnx" in now
+    assert "gpt2-tiny_conv_sha.onnx" in now and "gpt2-tiny_sha.onnx" not in now
     assert json.loads((out / "verification_report.json").read_text())["status"] == "pass"
     assert first - now  # the first run's own files were removed, nothing of the user's
+    assert tree_hashes(model.parent) == before
 
 
 def test_a_second_run_into_a_locked_folder_is_refused(example, tmp_path):
@@ -221,3 +223,153 @@ def test_output_files_follow_the_umask(example, tmp_path, umask):
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask, (p, oct(p.stat().st_mode))
     for d in [out / "inputs", out / "inputs" / "0"]:
         assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~umask, d
+
+
+# -- 2. invalid models are refused before converting (exit 2 naming the problem) ----------------
+
+
+def _attention_model(tmp_path: Path, name: str = "m") -> tuple[Path, onnx.ModelProto]:
+    from fuzz import AttentionConfig, build
+
+    proto = build(AttentionConfig(mlp=False), seed=0).model
+    path = tmp_path / "in" / f"{name}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, proto
+
+
+def _save_raw(path: Path, proto: onnx.ModelProto, replace: tuple[bytes, bytes] | None = None) -> Path:
+    data = proto.SerializeToString()
+    if replace is not None:
+        assert replace[0] in data
+        data = data.replace(*replace)
+    path.write_bytes(data)
+    return path
+
+
+def _cycle(proto):
+    # the first node reads the last node's output
+    first, last = proto.graph.node[0], proto.graph.node[-1]
+    first.input[0] = last.output[0]
+
+
+def _dangling(proto):
+    proto.graph.node[3].input[0] = "nobody_makes_this"
+
+
+def _short_inline(proto):
+    t = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    t.raw_data = t.raw_data[: len(t.raw_data) // 2]
+
+
+def _huge_declared(proto):
+    t = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    del t.dims[:]
+    t.dims.extend([1_000_000, 1_000_000])  # 1e12 elements, a few KB of data
+
+
+def _negative_input_dim(proto):
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -3
+
+
+def _negative_initializer_dim(proto):
+    t = next(t for t in proto.graph.initializer if len(t.dims) == 2)
+    t.dims[0] = -t.dims[0]
+
+
+def _future_opset(proto):
+    proto.opset_import[0].version = onnx.defs.onnx_opset_version() + 5
+
+
+def _old_opset_new_op(proto):
+    proto.opset_import[0].version = 7  # every op of the model exists at opset 7; Gelu only from opset 20
+    out = proto.graph.output[0]
+    proto.graph.node.append(onnx.helper.make_node("Gelu", [out.name], ["gelu_out"]))
+    gelu = proto.graph.output.add()
+    gelu.CopyFrom(out)
+    gelu.name = "gelu_out"
+
+
+def _duplicate_location(proto):
+    t = proto.graph.initializer[0]
+    t.data_location = onnx.TensorProto.EXTERNAL
+    nbytes = len(t.raw_data)
+    t.ClearField("raw_data")
+    for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(nbytes)), ("location", "other.bin")):
+        e = t.external_data.add()
+        e.key, e.value = key, value
+    return {"w.bin": nbytes, "other.bin": nbytes}
+
+
+INVALID_MODELS = {
+    "cycle": (_cycle, "cycle"),
+    "dangling input": (_dangling, "nobody_makes_this"),
+    "inline data shorter than its dims": (_short_inline, "holds"),
+    "1e12 declared elements with a few KB": (_huge_declared, "1000000"),
+    "negative graph input dim": (_negative_input_dim, "-3"),
+    "negative initializer dim": (_negative_initializer_dim, "negative dimension"),
+    "opset newer than onnx knows": (_future_opset, "newer than the installed onnx"),
+    "opset-7 model with a newer op": (_old_opset_new_op, "Gelu"),
+    "two location keys in external_data": (_duplicate_location, "more than once"),
+}
+
+
+@pytest.mark.parametrize("case", list(INVALID_MODELS))
+def test_invalid_models_are_refused_naming_the_problem(tmp_path, case):
+    mutate, needle = INVALID_MODELS[case]
+    path, proto = _attention_model(tmp_path)
+    files = mutate(proto) or {}
+    for name, size in files.items():
+        (path.parent / name).write_bytes(b"\0" * size)
+    _save_raw(path, proto)
+    before = tree_hashes(path.parent)
+    out = tmp_path / "out"
+    assert_refused(run("convert", path, "-o", out), 2, str(path), "invalid model", needle)
+    assert not out.exists() or visible(out) == []
+    assert tree_hashes(path.parent) == before
+    assert_refused(run("inspect", path), 2, str(path), needle)
+
+
+def test_non_utf8_names_are_refused(tmp_path):
+    path, proto = _attention_model(tmp_path)
+    proto.graph.node[2].name = "NAMEX"
+    proto.graph.node[2].output[0] = "TENSORX"
+    proto.graph.node[3].input[0] = "TENSORX"
+    _save_raw(path, proto, (b"NAMEX", b"N\xff\xfeEX"))  # same lengths: only the bytes change
+    path.write_bytes(path.read_bytes().replace(b"TENSORX", b"TENS\xc3(X"))
+    before = tree_hashes(path.parent)
+    assert_refused(run("convert", path, "-o", tmp_path / "out"), 2, str(path), "not UTF-8")
+    assert tree_hashes(path.parent) == before
+
+
+def test_an_unsorted_valid_model_still_converts(tmp_path):
+    path, proto = _attention_model(tmp_path)
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(reversed(nodes))
+    _save_raw(path, proto)
+    proc = run("convert", path, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_an_ir3_model_converts_to_a_valid_model(tmp_path):
+    """IR 3: every initializer is also a graph input. The output is IR 4 and passes
+    onnx.checker, and computes what the input computes (onnxruntime)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    path, proto = _attention_model(tmp_path)
+    proto.ir_version = 3
+    proto.opset_import[0].version = 8
+    proto.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in proto.graph.initializer)
+    onnx.checker.check_model(proto, full_check=True)  # a valid IR-3 file
+    _save_raw(path, proto)
+    out = tmp_path / "out"
+    proc = run("convert", path, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    (sha,) = out.glob("*_sha.onnx")
+    onnx.checker.check_model(onnx.load(sha), full_check=True)
+    x = np.random.default_rng(0).standard_normal([d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)
+    feeds = {proto.graph.input[0].name: x}
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ort.InferenceSession(str(sha), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
