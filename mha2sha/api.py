@@ -260,6 +260,8 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
 
     check_own_packages()  # a user's verify.py first on sys.path gets a clear error, not a traceback
     opts = options or ConvertOptions(**kwargs)
+    if not isinstance(opts.heads_per_block, int) or opts.heads_per_block < 1:
+        raise UsageError(None, f"--build-ar {opts.heads_per_block}: the heads per attention block must be 1 or more (1 = single-head)")
     started = time.perf_counter()
     model_path = Path(model_path)
     loaded = load_model(model_path, allow_hard_links=opts.allow_hard_links)
@@ -326,6 +328,8 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             report["strict_expectations"] = bool(getattr(opts.expectations, "strict", False))
         result.blocks = split.blocks
         report["skipped_blocks"] = [b.as_dict() for b in split.skipped]
+        if not split.converted and opts.heads_per_block != 1 and split.blocks:
+            _refuse_build_ar(model_path, opts)
         if not split.converted and not opts.allow_no_attention:
             raise NoAttentionError(model_path, _no_attention_message(split.blocks))
         if opts.per_head_cache_io:
@@ -436,8 +440,8 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             section = _htp_section(model_path, staged_model, specs, opts, loaded)
             if section is not None:
                 report["htp"] = section
-    except OutputError:
-        raise  # the output folder is the problem: do not write into it
+    except (OutputError, UsageError):
+        raise  # the output folder or the options are the problem: write nothing
     except (KeyboardInterrupt, SystemExit):
         raise  # interrupted: the staging folder goes, the output folder stays as it was
     except BaseException as exc:
@@ -639,6 +643,22 @@ def _external_files(model: ir.Model) -> list[Path]:
         if isinstance(tensor, ir.ExternalTensor):
             files.add(Path(tensor.path))
     return sorted(files)
+
+
+def _refuse_build_ar(model_path: Path, opts: ConvertOptions) -> None:
+    """--build-ar M that no block's head count divides: exit 2 with the values that work
+    (from the blocks found at AR-1, on a fresh copy of the model)."""
+    import math
+
+    blocks = inspect(model_path, allow_hard_links=opts.allow_hard_links)
+    heads = [b.heads for b in blocks if b.converted and b.heads]
+    if not heads:
+        return
+    common = math.gcd(*heads)
+    works = [d for d in range(1, common + 1) if common % d == 0]
+    counts = ", ".join(map(str, sorted(set(heads))))
+    raise UsageError(model_path, f"--build-ar {opts.heads_per_block} does not divide the heads per block ({counts}); "
+                                 f"values that work: {', '.join(map(str, works))}")
 
 
 def _no_attention_message(blocks: list[BlockReport]) -> str:

@@ -140,6 +140,8 @@ def _cmd_convert(args) -> int:
     )
     if args.emit_qdq and not args.encodings:
         raise UsageError(None, "--emit-qdq needs -e/--encodings (the QDQ model is built from them)")
+    if args.build_ar < 1:
+        raise UsageError(None, f"--build-ar {args.build_ar}: the heads per attention block must be 1 or more (1 = single-head)")
     if args.ar_context is not None and args.ar_tokens is None:
         raise UsageError(None, "--ar-context needs --ar-tokens")
     result = convert(args.model, args.output, opts)

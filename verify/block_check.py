@@ -167,12 +167,12 @@ def read_weights(refs: list[WeightRef]) -> dict[str, np.ndarray]:
     return out
 
 
-def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarray] | None = None, *, quiet: bool = False) -> ort.InferenceSession:
     """``weights``: graph inputs of ``model`` that are its weights. onnxruntime gets them as
     initializers, as in the whole model (it computes MatMul differently with constant
     weights: prepacked, other rounding), from our arrays (not copied into the model)."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4 if quiet else 3  # quiet: failed runs are expected (the dims search)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if weights:
         model, names = _with_weight_initializers(model, weights)
@@ -217,8 +217,9 @@ def _with_weight_initializers(model: onnx.ModelProto, weights: Mapping[str, np.n
     return out, shared
 
 
-def _run_ort(model, feeds: dict[str, np.ndarray], weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    sess = _session(model, weights)
+def _run_ort(model, feeds: dict[str, np.ndarray], weights: Mapping[str, np.ndarray] | None = None, *,
+             session: ort.InferenceSession | None = None) -> dict[str, np.ndarray]:
+    sess = session or _session(model, weights)
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
     values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})

@@ -28,7 +28,14 @@ import onnx_ir as ir
 
 # BlockSpec, BlockResult and the per-block check live in verify.block_check (no onnx_ir
 # there: the converter's verification workers import only that); re-exported here.
-from verify.block_check import BlockResult, BlockSpec, _float_outputs, _run_ort, check_block
+from verify.block_check import (
+    BlockResult,
+    BlockSpec,
+    _float_outputs,
+    _run_ort,
+    _session,
+    check_block,
+)
 from verify.compare import Comparison, compare, float32_tolerance, scale_of
 from verify.extract import extract, minimal_inputs
 from verify.feeds import DimAssigner, random_feeds
@@ -171,6 +178,9 @@ def _graph_proto(path: Path) -> onnx.ModelProto:
     return onnx.load(str(path), load_external_data=False)
 
 
+DIMS_SEARCH_SECONDS = 10.0  # the search for symbolic dims the model accepts gives up after this
+
+
 def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int, check_names: list[str] | None = None) -> tuple[DimAssigner, dict]:
     """Random graph inputs whose symbolic dimensions the model accepts.
 
@@ -184,10 +194,12 @@ def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int,
     fits = weight_bytes <= _CAPTURE_LIMIT_BYTES
     first = None
     tries = 0
+    deadline = time.monotonic() + DIMS_SEARCH_SECONDS
+    session = None
     for values in candidate_assignments(symbols, extra_values=static_dims(proto) if fits else None):
         tries += 1
-        if tries > (2000 if weight_bytes < 50_000_000 else 400):  # each try runs the model once
-            break
+        if tries > (2000 if weight_bytes < 50_000_000 else 400) or (tries > 1 and time.monotonic() > deadline):
+            break  # each try runs the model once: bounded in count and time
         dims = DimAssigner(values=dict(values))
         feeds = random_feeds(proto, seed=seed, dims=dims)
         if first is None:
@@ -195,7 +207,8 @@ def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int,
         if not fits:
             break
         try:
-            _run_ort(original_path, feeds)
+            session = session or _session(original_path, quiet=True)  # one session, silent on failed tries
+            _run_ort(original_path, feeds, session=session)
         except Exception:  # noqa: BLE001 - try the next assignment
             continue
         # Broadcasting can let a wrong assignment run (a [.., 2, 3] table against [.., 1, 3]

@@ -41,13 +41,33 @@ def _load_json(path: str):
     except OSError as exc:
         raise EncodingsError(path, f"cannot read the encodings file ({exc.strerror or exc})") from None
     try:
-        return json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
     except UnicodeDecodeError as exc:
         raise EncodingsError(path, f"not valid JSON (not UTF-8 text at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise EncodingsError(path, f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
     except RecursionError:
         raise EncodingsError(path, "not valid JSON (nested too deeply)") from None
+    except _DuplicateKey as exc:
+        raise EncodingsError(path, f"key {exc.args[0]!r} appears twice in one object (JSON would keep only the last value)") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """Every version: a key twice in one object (a tensor encoded twice in 0.6.1, a field
+    twice in an entry) is refused, not silently resolved to the last value. dict() in C
+    first; the Python loop only on a mismatch."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return d
 
 
 def to_object(enc_set: EncodingSet, *, version: str | None = None, model=None, notes: list[str] | None = None) -> dict:

@@ -41,6 +41,7 @@ import numpy as np
 from mha2sha.encodings.errors import OBJECT_SOURCE
 from refimpl.quant import QuantEncoding
 
+_ARRAYS = ("scale", "offset", "min", "max", "per_block_int_scale")
 KINDS = ("float", "per_tensor", "per_channel", "per_block", "lpbq")
 BLOCKED = ("per_block", "lpbq")
 
@@ -125,7 +126,19 @@ class TensorEncoding:
 
     # -- new entries derived from this one (this one is never changed) ------------------
     def copy(self) -> TensorEncoding:
-        return copy.deepcopy(self)
+        """An independent copy. The arrays hold immutable Python numbers, so copying the
+        arrays is enough (copy.deepcopy visited every number: most of the time of a large
+        file's conversion)."""
+        new = copy.copy(self)
+        for name in _ARRAYS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(new, name, value.copy())
+        new.extras = copy.deepcopy(self.extras) if self.extras else {}
+        if self.channel_extras is not None:
+            new.channel_extras = tuple(copy.deepcopy(d) if d else {} for d in self.channel_extras)
+        new.style = copy.deepcopy(self.style)
+        return new
 
     def slice_channels(self, start: int, stop: int, *, channels: int | None = None) -> TensorEncoding:
         """The encoding of channels ``start:stop`` (a head's contiguous run of output channels).
@@ -233,7 +246,8 @@ class EncodingSet:
         return len(self.tensors)
 
     def clone(self) -> EncodingSet:
-        return copy.deepcopy(self)
+        return EncodingSet(self.version, {name: enc.copy() for name, enc in self.tensors.items()}, copy.deepcopy(self.top),
+                           self.source, self.key_order)
 
     # -- editing (in place; each returns the entry it placed) ---------------------------
     def copy(self, name: str, new_name: str) -> TensorEncoding:

@@ -39,7 +39,7 @@ def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, s
     original_view = ModelView(original)
     out = EncodingSet(encodings.version, {}, copy.deepcopy(encodings.top), encodings.source, encodings.key_order)
     summary: dict[str, list] = {"kept": [], "copied": [], "sliced": [], "relaid_out": [], "dropped": [], "absent_from_model": []}
-    work = EncodingSet(encodings.version, copy.deepcopy(encodings.tensors), {}, encodings.source)
+    work = EncodingSet(encodings.version, {name: enc.copy() for name, enc in encodings.tensors.items()}, {}, encodings.source)
 
     def place(name: str) -> None:
         out.tensors[name] = work.tensors[name]
@@ -122,7 +122,7 @@ def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, s
             continue
         first = out.tensors[names[0]]
         if all(_same_quantization(first, out.tensors[n]) for n in names[1:]):
-            out.tensors[node.outputs[0].name] = copy.deepcopy(first)
+            out.tensors[node.outputs[0].name] = first.copy()
             summary["merges"].append((names[0], node.outputs[0].name))
     counts = {k: len(v) for k, v in summary.items()}
     report = {"counts": counts, **{k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in summary.items() if k in ("dropped", "absent_from_model")}}

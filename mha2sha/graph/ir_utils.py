@@ -49,11 +49,15 @@ def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
     """The value's tensor if it is an initializer or a Constant output (weights stay lazy)."""
     if value is None:
         return None
+    producer = value.producer()
+    # Through chains of Identity in a loop, not by recursion (a chain of thousands is valid ONNX).
+    while value.const_value is None and producer is not None and producer.op_type == "Identity" and producer.domain in ("", "ai.onnx"):
+        value = producer.inputs[0]
+        if value is None:
+            return None
+        producer = value.producer()
     if value.const_value is not None:
         return value.const_value
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Identity" and producer.domain in ("", "ai.onnx"):
-        return const_tensor(producer.inputs[0])
     if producer is None or producer.op_type != "Constant":
         return None
     for name, attr in producer.attributes.items():

@@ -14,7 +14,9 @@ graph inputs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 import onnx
 import onnx_ir as ir
@@ -102,10 +104,28 @@ def _symbolic(proto: onnx.ModelProto) -> onnx.ModelProto | None:
     if SymbolicShapeInference is None:
         return None
     try:
-        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+        with _scratch_cwd():
+            return SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
     except Exception as exc:  # noqa: BLE001 - fall back to ONNX's inference
         log.debug("symbolic shape inference failed (%s); using ONNX shape inference", exc)
         return None
+
+
+@contextlib.contextmanager
+def _scratch_cwd():
+    """onnxruntime's symbolic inference saves ``sym_shape_infer_temp.onnx`` (with external
+    data) into the current directory when it cannot infer every shape: run it in a private
+    temporary directory so that nothing lands in the user's folder. Only this thread runs
+    while it is the current directory; every path the converter keeps is absolute."""
+    import tempfile
+
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="mha2sha-ssi-") as scratch:
+        os.chdir(scratch)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
 
 
 def _onnx(proto: onnx.ModelProto) -> onnx.ModelProto | None:

@@ -373,3 +373,129 @@ def test_an_ir3_model_converts_to_a_valid_model(tmp_path):
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
     got = ort.InferenceSession(str(sha), providers=["CPUExecutionProvider"]).run(None, feeds)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+# -- 3. hostile encodings --------------------------------------------------------------------
+
+
+def _duplicate_tensor_key_061(doc: dict) -> str:
+    """0.6.1 maps tensor names to encodings: a name twice is valid JSON, and json keeps the last."""
+    assert doc["version"] == "0.6.1"
+    section = "param_encodings" if doc.get("param_encodings") else "activation_encodings"
+    name, value = next(iter(doc[section].items()))
+    other = [dict(c, scale=c["scale"] * 2) if "scale" in c else c for c in value]
+    text = json.dumps(doc)
+    entry = f"{json.dumps(name)}: {json.dumps(value)}"
+    assert entry in text
+    return text.replace(entry, f"{entry}, {json.dumps(name)}: {json.dumps(other)}", 1)
+
+
+def _minus_infinity_offset(doc: dict) -> str:
+    section = "param_encodings" if doc.get("param_encodings") else "activation_encodings"
+    name = next(iter(doc[section]))
+    doc[section][name][0]["offset"] = float("-inf")
+    return json.dumps(doc)  # writes -Infinity, which Python's json reads back
+
+
+def _duplicate_field(doc: dict) -> str:
+    text = json.dumps(doc)
+    return text.replace('"bitwidth": ', '"bitwidth": 4, "bitwidth": ', 1)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (_duplicate_tensor_key_061, "appears twice"),
+    (_minus_infinity_offset, "infinite"),
+    (_duplicate_field, "'bitwidth' appears twice"),
+])
+def test_hostile_encodings_are_refused(example, tmp_path, mutate, needle):
+    model, enc = example
+    doc = json.loads(enc.read_text())
+    if doc["version"] != "0.6.1":
+        from mha2sha.encodings import read_encodings, write_encodings
+
+        write_encodings(read_encodings(enc), enc, version="0.6.1")
+        doc = json.loads(enc.read_text())
+    enc.write_text(mutate(doc))
+    before = tree_hashes(model.parent)
+    out = tmp_path / "out"
+    assert_refused(run("convert", model, "-e", enc, "-o", out), 2, str(enc), needle)
+    assert tree_hashes(model.parent) == before
+    assert not out.exists() or visible(out) == []
+
+
+# -- 5. every failure mode: its exit code and one line -----------------------------------------
+
+
+@pytest.mark.parametrize("value, needle", [("0", "must be 1 or more"), ("-2", "must be 1 or more"), ("3", "values that work: 1, 2, 4, 8")])
+def test_build_ar_that_cannot_work_is_exit_2_with_the_divisors(example, tmp_path, value, needle):
+    model, _ = example  # 8 heads per block
+    out = tmp_path / "out"
+    assert_refused(run("convert", model, "-o", out, "--build-ar", value), 2, needle)
+    assert not out.exists() or visible(out) == []
+
+
+def test_a_chain_of_a_thousand_identity_nodes(tmp_path):
+    """const_tensor follows Identity chains in a loop (it recursed: RecursionError, exit 4)."""
+    path, proto = _attention_model(tmp_path)
+    reshape = next(n for n in proto.graph.node if n.op_type == "Reshape")
+    source = reshape.input[1]
+    chain = []
+    for k in range(1000):
+        chain.append(onnx.helper.make_node("Identity", [source], [f"chain_{k}"], name=f"chain_{k}"))
+        source = f"chain_{k}"
+    reshape.input[1] = source
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(chain + nodes)
+    _save_raw(path, proto)
+    proc = run("convert", path, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_shape_inference_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """onnxruntime's symbolic inference saves sym_shape_infer_temp.onnx (and its data) into
+    the current directory when it cannot infer every shape (here: a custom-domain op). The
+    converter's call runs it elsewhere. (In-process: the console script reaches it only for
+    graphs ONNX's own inference leaves incomplete.)"""
+    from onnx import TensorProto, helper
+
+    from mha2sha.passes import shapes
+
+    g = helper.make_graph([helper.make_node("Foo", ["x"], ["y"], domain="custom"), helper.make_node("Relu", ["y"], ["z"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom", 1)])
+    monkeypatch.chdir(tmp_path)
+    assert shapes._symbolic(model) is None  # incomplete: ONNX's inference is used instead
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["model", "encodings", "report"])
+def test_disk_full_is_exit_2_and_leaves_no_finished_output(example, tmp_path, where):
+    """ENOSPC while writing the model, after it (the encodings), or at the report: exit 2
+    naming the folder and its free space; the previous run's files stay as they were."""
+    model, enc = example
+    out = tmp_path / "out"
+    assert run("convert", model, "-e", enc, "-o", out).returncode == 0
+    before = tree_hashes(out)
+    target = {"model": "mha2sha.graph.writer.write_model", "encodings": "mha2sha.encodings.io.write_encodings",
+              "report": "verify.report.write_report"}[where]
+    module, attr = target.rsplit(".", 1)
+    code = (
+        "import errno, importlib, sys\n"
+        f"m = importlib.import_module({module!r})\n"
+        "def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        f"setattr(m, {attr!r}, full)\n"
+        "import mha2sha.graph.io, mha2sha.encodings, verify.report\n"
+        f"for mod in (mha2sha.graph.io, mha2sha.encodings, sys.modules.get('mha2sha.api')):\n"
+        f"    if mod is not None and hasattr(mod, {attr!r}): setattr(mod, {attr!r}, full)\n"
+        "import mha2sha.api\n"
+        f"if hasattr(mha2sha.api, {attr!r}): setattr(mha2sha.api, {attr!r}, full)\n"
+        "from mha2sha.cli import main\n"
+        f"sys.exit(main(['convert', {str(model)!r}, '-e', {str(enc)!r}, '-o', {str(out)!r}, '--seed', '3']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert_refused(proc, 2, str(out), "No space left on device", "MB free")
+    after = {k: v for k, v in tree_hashes(out).items() if not k.startswith(".mha2sha-partial-")}
+    assert after == before
+    assert not list(out.glob(".mha2sha-partial-*"))

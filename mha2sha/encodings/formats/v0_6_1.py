@@ -9,12 +9,10 @@ Written from other versions: min = offset * scale, max = min + (2^bw - 1) * scal
 
 from __future__ import annotations
 
-import numpy as np
-
 from mha2sha.encodings.errors import Problem
 from mha2sha.encodings.formats import _fields as f
 from mha2sha.encodings.formats._render import KIND_LABELS, RenderContext, unrepresentable
-from mha2sha.encodings.model import BLOCKED, TensorEncoding, as_float, exact
+from mha2sha.encodings.model import BLOCKED, TensorEncoding
 
 VERSION = "0.6.1"
 SECTIONS = {"activation_encodings": "activation", "param_encodings": "param"}
@@ -69,18 +67,19 @@ def _entry(name: str, section: str, channels, at: str) -> TensorEncoding:
         for key in ("bitwidth", "dtype", "is_symmetric"):
             if d.get(key) != first.get(key):
                 raise Problem(f"{at}: channel {k} has {key} {d.get(key)!r}, channel 0 has {first.get(key)!r}")
-    scale = exact([f.number(f.require(d, "scale", at), at, "scale") for d in channels])
-    offset = exact([f.number(f.require(d, "offset", at), at, "offset") for d in channels])
+    scale = f.column(channels, "scale", at)
+    offset = f.column(channels, "offset", at)
     f.positive_scales(scale, at, "scale")
+    f.finite(offset, at, "offset")
     has_range = ["min" in d and "max" in d for d in channels]
     if any(has_range) and not all(has_range):
         raise Problem(f"{at}: some channels have min/max and some do not")
     lo = hi = None
     if all(has_range):
-        lo = exact([f.number(d["min"], at, "min") for d in channels])
-        hi = exact([f.number(d["max"], at, "max") for d in channels])
-        if not np.all(np.isfinite(as_float(lo))) or not np.all(np.isfinite(as_float(hi))):
-            raise Problem(f"{at}: 'min'/'max' must be finite")
+        lo = f.column(channels, "min", at)
+        hi = f.column(channels, "max", at)
+        f.finite(lo, at, "min")
+        f.finite(hi, at, "max")
     else:
         absent.extend(["min", "max"])
     per_channel = len(channels) > 1

@@ -75,6 +75,7 @@ def _entry(entry: dict, section: str, at: str) -> TensorEncoding:
     scale = f.numbers(f.require(entry, "scale", at), at, "scale", ndim=1)
     offset = f.numbers(f.require(entry, "offset", at), at, "offset", ndim=1)
     f.positive_scales(scale, at, "scale")
+    f.finite(offset, at, "offset")
     f.same_length(scale, offset, at, ("scale", "offset"))
     enc = TensorEncoding(kind, bw, symmetric=symmetric, scale=scale, offset=offset, section=section, extras=extras, style=style)
     if kind == "per_tensor":

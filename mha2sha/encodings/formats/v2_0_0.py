@@ -96,6 +96,7 @@ def _zero_point(entry: dict, shape: tuple[int, ...], at: str, style: dict) -> np
         style["zero_point"] = "omitted"
         return np.full(shape, 0, dtype=object)
     zero = f.numbers(entry["y_zero_point"], at, "y_zero_point", scalar_ok=True)
+    f.finite(zero, at, "y_zero_point")
     if zero.ndim == 0 and shape:
         style["zero_point"] = "scalar"
         return np.full(shape, zero[()], dtype=object)
