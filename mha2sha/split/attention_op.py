@@ -18,8 +18,11 @@ Semantics follow the ONNX spec (refimpl.ops.attention states them): default scal
 1/sqrt(D), softcap before the mask, bool mask True = attend, ``is_causal`` bottom-right
 aligned (query i sees keys j <= i + past length). Not decomposed (the block is then left
 unchanged, with the reason): ``nonpad_kv_seqlen``, a mask shorter than the keys, a causal
-mask over symbolic lengths, qk_matmul_output. Rows with every key masked give the
-average of the values instead of the spec's zeros (lowest instead of -inf keeps fp16 finite).
+mask over symbolic lengths, qk_matmul_output. A bool mask becomes 0 / lowest (not -inf: keeps
+fp16 finite), so a row with every key masked would give the average of the values; the spec
+gives zeros there (left-padded batches have such rows), and so does the decomposition: a
+per-block 0/1 "row attends some key" factor zeroes those rows of every head (a Where, which also
+clears the NaN of a row whose float mask is all -inf).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from mha2sha.errors import Refusal
@@ -83,8 +87,14 @@ def emit(em, inst, ins: list, head: int, tag: str) -> dict[int, ir.Value]:
     if bias is not None:
         scores = _op(em, "Add", [scores, bias], None, f"{name}.masked", like=q)
     probs = _op(em, "Softmax", [scores], {"axis": -1}, f"{name}.probs", like=q)
-    y = _op(em, "MatMul", [probs, present_v], None, f"{name}.attention", like=q,
-            value_name=em._name(tag, node.outputs[0].name, "attn_out"))
+    out_name = em._name(tag, node.outputs[0].name, "attn_out")
+    attends = _rows_attending(em, node, mask, dtype, q_dims, kt_dims, cache, scores)
+    if attends is None:
+        y = _op(em, "MatMul", [probs, present_v], None, f"{name}.attention", like=q, value_name=out_name)
+    else:
+        y = _op(em, "MatMul", [probs, present_v], None, f"{name}.attention_all_rows", like=q)
+        zero = _scalar(em, f"{em.block.name}.attention_bias.zero", 0.0, dtype)
+        y = _op(em, "Where", [attends, y, zero], None, f"{name}.attention", like=q, value_name=out_name)
     return {0: y, **presents}
 
 
@@ -161,9 +171,67 @@ def _bias(em, node: ir.Node, mask, dtype, q_dims, k_dims, cache, scores: ir.Valu
     return bias
 
 
+def _rows_attending(em, node: ir.Node, mask, dtype, q_dims, k_dims, cache, scores: ir.Value) -> ir.Value | None:
+    """Bool [B|1, S|1, 1]: does the query row attend at least one key? None when every row
+    provably does (no mask, and a static causal pattern without empty rows). Built once per block.
+
+    The spec zeroes a row whose bias is all -inf: keys are masked by a False in a bool mask, a
+    -inf in a float mask (a float mask of lowest is *not* masking: those rows average), or the
+    causal pattern."""
+    causal = bool(_attr(node, "is_causal") or 0)
+    key = ("attends", id(node.inputs[3]) if len(node.inputs) > 3 else None, id(mask), causal)
+    if key in cache:
+        return cache[key]
+    name = f"{em.block.name}.attention_rows"
+    s = q_dims[-2] if q_dims is not None and len(q_dims) == 4 else (q_dims[1] if q_dims else None)
+    t = k_dims[2] if k_dims is not None and len(k_dims) == 4 else (k_dims[1] if k_dims else None)
+    static = isinstance(s, int) and isinstance(t, int)
+    allowed = None  # float 0/1 [.., S, T] of the keys each row may attend
+    if mask is not None:
+        if mask.dtype == ir.DataType.BOOL:
+            allowed = _op(em, "Cast", [mask], {"to": dtype_to_onnx(dtype)}, f"{name}.mask_allowed", like=scores)
+        else:
+            lowest = _scalar(em, f"{em.block.name}.attention_bias.lowest", np.finfo(dtype).min, dtype)
+            finite = _op(em, "GreaterOrEqual", [mask, lowest], None, f"{name}.mask_finite", like=None)
+            finite.dtype = ir.DataType.BOOL
+            allowed = _op(em, "Cast", [finite], {"to": dtype_to_onnx(dtype)}, f"{name}.mask_allowed", like=scores)
+    if causal:
+        if static:
+            pattern = np.arange(t)[None, :] <= np.arange(s)[:, None] + (t - s)
+            if allowed is not None or not pattern.any(axis=-1).all():
+                causal_allowed = em._const(f"{name}.causal_allowed", pattern.astype(dtype)[None])
+                allowed = causal_allowed if allowed is None else _op(
+                    em, "Mul", [allowed, causal_allowed], None, f"{name}.allowed", like=scores)
+        else:
+            causal_allowed = _op(em, "Cast", [_causal_allowed_from_shape(em, scores, f"{name}.causal")],
+                                 {"to": dtype_to_onnx(dtype)}, f"{name}.causal_allowed", like=scores)
+            allowed = causal_allowed if allowed is None else _op(
+                em, "Mul", [allowed, causal_allowed], None, f"{name}.allowed", like=scores)
+    result = None
+    if allowed is not None:
+        any_key = _op(em, "ReduceMax", [allowed, em._ints("", "axes", [-1])], {"keepdims": 1}, f"{name}.any_key", like=scores)
+        result = _op(em, "Greater", [any_key, _scalar(em, f"{em.block.name}.attention_bias.zero", 0.0, dtype)],
+                     None, f"{name}.attends", like=None)
+        result.dtype = ir.DataType.BOOL
+    cache[key] = result
+    return result
+
+
+def dtype_to_onnx(dtype) -> int:
+    return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+
 def _causal_bias_from_shape(em, scores: ir.Value, dtype, name: str) -> ir.Value:
     """The bottom-right causal bias [S, T] for symbolic lengths, from the scores' shape
     (once per block; constant-folded by onnxruntime once the shapes are static)."""
+    allowed = _causal_allowed_from_shape(em, scores, name)
+    zero_f = _scalar(em, f"{name}.zero", 0.0, dtype)
+    return _op(em, "Where", [allowed, zero_f, _scalar(em, f"{name}.lowest", np.finfo(dtype).min, dtype)], None,
+               f"{name}.causal", like=zero_f)
+
+
+def _causal_allowed_from_shape(em, scores: ir.Value, name: str) -> ir.Value:
+    """Bool [S, T]: key j <= query i + (T - S), for symbolic lengths read from the scores' shape."""
     def length(axis: int) -> ir.Value:
         one = _op(em, "Shape", [scores], {"start": axis, "end": axis + 1}, f"{name}.len{axis}", like=None)
         one.dtype = ir.DataType.INT64
@@ -179,9 +247,7 @@ def _causal_bias_from_shape(em, scores: ir.Value, dtype, name: str) -> ir.Value:
                                       _int_op(em, "Unsqueeze", [last_key, em._ints("", "axes", [1])], f"{name}.rows_col")],
                   None, f"{name}.allowed", like=None)
     allowed.dtype = ir.DataType.BOOL
-    zero_f = _scalar(em, f"{name}.zero", 0.0, dtype)
-    return _op(em, "Where", [allowed, zero_f, _scalar(em, f"{name}.lowest", np.finfo(dtype).min, dtype)], None,
-               f"{name}.causal", like=zero_f)
+    return allowed
 
 
 def _int_op(em, op: str, inputs, name: str) -> ir.Value:
