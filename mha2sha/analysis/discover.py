@@ -500,7 +500,7 @@ def _adds_projections(walker: _Walker) -> bool:
     def sources(key) -> frozenset[int]:
         proj = walker.projections.get(key)
         if proj is not None:
-            return frozenset({id(proj)})
+            return frozenset({id(proj.node)})  # one projection node reached with two layouts (RoPE pairs) is one
         found = walker.produced.get(key)
         if found is None:
             return frozenset()
