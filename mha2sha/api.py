@@ -348,19 +348,19 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             from mha2sha.passes.head_major_io import head_major_cache_io
 
             report["head_major_cache_io"] = head_major_cache_io(model, split.records)
+            report["head_major_cache_io_kept"] = [
+                [orig, "the original cache tensor is still read outside the split blocks (or another block splits it): kept per head"]
+                for r in split.records for orig, sp in r.io_splits.items() if sp.graph_layout == "pieces"]
             cleanup(model)
         if opts.optimize_o_proj:
             stage = "optimize o_proj"
             report["optimize_o_proj"] = _optimize_o_proj(model, split, encodings, original_names)
         kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
         name = safe_output_name(opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache))
-        from verify.run import BlockSpec
+        from mha2sha.correspondence import correspondence_from_split
 
-        specs = [
-            BlockSpec(rec.block, rec.inputs, rec.outputs, b.heads, b.kv_heads, b.head_dim, dict(b.features), dict(rec.io_splits))
-            for rec, b in zip(split.records, split.converted)
-        ]
-        if verifier is not None and specs:
+        specs = correspondence_from_split(split.records, split.converted, source=f"mha2sha {_version()}")
+        if verifier is not None and specs.blocks:
             stage = "verify"
             verifier.prepare(specs, model, expect_encodings=encodings is not None)
         stage = "save"
@@ -368,10 +368,11 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
         with progress.stage("saving weights") as p:
             model_file, write_stats = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD,
                                                  link_weights=opts.link_weights, progress=p,
-                                                 observer=verifier if specs else None)
+                                                 observer=verifier if specs.blocks else None)
         report["write"] = write_stats
         timings["save"] = time.perf_counter() - t0
         mapping = name_mapping(split, conv_record)
+        _write_correspondence(staged, specs)
         with open(staged.path(MAPPING_FILE), "w") as fh:
             json.dump(mapping, fh, indent=1, sort_keys=True)
         from mha2sha.prequant import ALL_STAGES_FILE, write_all_stages_mapping
@@ -432,11 +433,15 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             verification = verifier.report(staged_model, end_to_end=opts.end_to_end)
             timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
             report.update(verification)
+            from verify.contract import io_contract
+
+            report["io_contract"] = io_contract(load_model(model_path, allow_hard_links=opts.allow_hard_links).model, model)
             if encodings is not None:
                 from verify.run import encodings_coverage
 
                 sha_tensors = set(_all_names(model.graph))
-                report["encodings_coverage"] = encodings_coverage(mapping, set(encodings.tensors), set(sha_encodings.tensors), sha_tensors)
+                report["encodings_coverage"] = encodings_coverage(mapping, set(encodings.tensors), set(sha_encodings.tensors), sha_tensors,
+                                                                  mha_tensors=set(_all_names(original_model.graph)) | {v.name for v in original_model.graph.inputs})
             section = _htp_section(model_path, staged_model, specs, opts, loaded)
             if section is not None:
                 report["htp"] = section
@@ -583,9 +588,41 @@ def _validate_encodings(encodings, model: ir.Model) -> list[str]:
         warnings = validate_against(encodings, model)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
+    from verify.encodings_check import foreign_encodings
+
+    refusal = foreign_encodings(set(encodings.tensors), set(_all_names(model.graph)) | {v.name for v in model.graph.inputs},
+                                quantizable_weights(model))
+    if refusal:
+        raise InputError(getattr(encodings, "source", None), refusal)
     if warnings:
         log.warning("%d encodings name tensors the model does not have, e.g. %s", len(warnings), warnings[0])
     return warnings
+
+
+def quantizable_weights(model: ir.Model) -> set[str]:
+    """Weights an AIMET export always encodes: float weight initializers of MatMul/Gemm/Conv."""
+    inits = model.graph.initializers
+    out = set()
+    for node in model.graph:
+        if node.op_type in ("MatMul", "Gemm", "Conv") and len(node.inputs) > 1:
+            w = node.inputs[1]
+            if w is not None and w.name in inits and w.const_value is not None and w.const_value.dtype.is_floating_point():
+                out.add(w.name)
+    return out
+
+
+def _version() -> str:
+    from mha2sha import __version__
+
+    return __version__
+
+
+def _write_correspondence(staged, corr) -> None:
+    """correspondence.json beside the model: which SHA tensors stand for which MHA tensors."""
+    from verify.correspondence import FILE_NAME, dumps
+
+    with open(staged.path(FILE_NAME), "w") as fh:
+        fh.write(dumps(corr))
 
 
 def _convert_prepared(model_path: Path, output_dir, opts: ConvertOptions, encodings, started: float) -> ConversionResult:
@@ -630,7 +667,7 @@ def _requantized(encodings):
 
 def _refuse_overwriting_inputs(out_dir: Path, name: str, inputs: list[Path]) -> None:
     protected = {p.resolve() for p in inputs if p.exists()}
-    for candidate in (f"{name}.onnx", f"{name}.onnx.data", f"{name}.encodings", MAPPING_FILE):
+    for candidate in (f"{name}.onnx", f"{name}.onnx.data", f"{name}.encodings", MAPPING_FILE, "correspondence.json"):
         target = (out_dir / candidate).resolve()
         if target in protected:
             raise OutputError(target, "refusing to overwrite an input file; choose another output folder or name")

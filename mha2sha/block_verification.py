@@ -26,7 +26,6 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import time
-import types
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def default_workers(weight_bytes: int) -> int:
 @dataclass
 class _Block:
     index: int
-    spec: object  # verify.block_check.BlockSpec, io_splits as plain namespaces
+    spec: object  # verify.correspondence.BlockCorrespondence (plain data: a worker unpickles no converter class)
     mha: bytes = b""
     mha_refs: list = field(default_factory=list)
     sha: bytes = b""
@@ -90,11 +89,6 @@ def _check(task: tuple) -> dict:
     return result.as_dict()
 
 
-def _plain_spec(spec):
-    """``spec`` with its IO splits as plain namespaces (a worker unpickles no converter class)."""
-    return replace(spec, io_splits={k: types.SimpleNamespace(**vars(v)) for k, v in spec.io_splits.items()})
-
-
 class BlockVerifier:
     """Checks the blocks of one conversion; see the module doc for the order of calls:
     ``BlockVerifier(path, weight_bytes)`` before the graph pass, ``prepare(specs)`` after it,
@@ -120,28 +114,37 @@ class BlockVerifier:
                 self._pool.submit(_warm)
 
     # -- after the graph pass ------------------------------------------------------------
-    def prepare(self, specs: list, converted, *, expect_encodings: bool = False) -> None:
-        """Feeds for every block and the original's block models (the original's graph read
-        again: the converted model was rewritten in place; its weights are never read here)."""
+    def prepare(self, correspondence, converted, *, expect_encodings: bool = False) -> None:
+        """Feeds for every block of ``correspondence`` (verify.correspondence.Correspondence)
+        and the original's block models (the original's graph read again: the converted model
+        was rewritten in place; its weights are never read here)."""
         from mha2sha.graph.io import load_model
         from mha2sha.passes.shapes import infer_shapes
-        from verify.extract import extract_lazy, minimal_inputs
-        from verify.run import _CAPTURE_LIMIT_BYTES, capture_block_inputs, consistent_graph_feeds
+        from verify.extract import extract_lazy
+        from verify.run import (
+            _CAPTURE_LIMIT_BYTES,
+            capture_block_inputs,
+            consistent_graph_feeds,
+            minimal_block,
+        )
 
         t0 = time.perf_counter()
         self._hold = expect_encodings
         self.original = load_model(self.original_path, allow_hard_links=self.allow_hard_links).model
         infer_shapes(self.original)
-        self.specs = specs
+        self.correspondence = correspondence
+        specs = self.specs = correspondence.blocks
         names = sorted({n for s in specs for n in s.mha_inputs})
         self.dims, self.graph_feeds = consistent_graph_feeds(self.original_path, seed=self.seed,
-                                                             weight_bytes=self.weight_bytes, check_names=names)
-        captured = (capture_block_inputs(self.original_path, names, self.graph_feeds)
+                                                             weight_bytes=self.weight_bytes, check_names=names,
+                                                             allow_hard_links=self.allow_hard_links)
+        captured = (capture_block_inputs(self.original_path, names, self.graph_feeds, allow_hard_links=self.allow_hard_links)
                     if self.weight_bytes <= _CAPTURE_LIMIT_BYTES else None)
         for i, spec in enumerate(specs):
-            block = _Block(i, _plain_spec(spec))
+            block = _Block(i, spec)
             try:
-                block.mha_inputs, block.sha_inputs = minimal_inputs(self.original, converted, spec.mha_inputs, spec.inputs)
+                block.spec = minimal_block(self.original, converted, spec)
+                block.mha_inputs, block.sha_inputs = block.spec.mha_inputs, block.spec.sha_inputs
                 proto, block.mha_refs = extract_lazy(self.original, block.mha_inputs, spec.mha_outputs)
                 block.mha = proto.SerializeToString()
                 if captured is not None:
@@ -164,7 +167,7 @@ class BlockVerifier:
             if block.error:
                 continue
             try:
-                proto, refs = extract_lazy(converted, block.sha_inputs, block.spec.outputs)
+                proto, refs = extract_lazy(converted, block.sha_inputs, block.spec.sha_outputs)
             except Exception as exc:  # noqa: BLE001
                 block.error = f"{type(exc).__name__}: {exc}"
                 continue
@@ -236,14 +239,16 @@ class BlockVerifier:
         timings = dict(self.timings)
         if end_to_end:
             t0 = time.perf_counter()
-            e2e = verify_end_to_end(self.original_path, converted_path, self.graph_feeds, self.weight_bytes, self.specs)
+            e2e = verify_end_to_end(self.original_path, converted_path, self.graph_feeds, self.weight_bytes, self.correspondence,
+                                    allow_hard_links=self.allow_hard_links)
             timings["end_to_end"] = time.perf_counter() - t0
         else:
-            e2e = {"status": "skipped", "reason": "end-to-end run disabled (--no-verification)"}
+            e2e = {"status": "not run", "reason": "end-to-end run disabled (--no-verification)"}
         timings["total"] = time.perf_counter() - self._started
         return {
             "seed": self.seed,
             "dims": dict(self.dims.values),
+            "correspondence": {"source": self.correspondence.source, "blocks": len(self.specs)},
             "blocks": [b.result for b in self.blocks],
             "end_to_end": e2e,
             "verification_workers": self.workers,

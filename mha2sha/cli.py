@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="folder for verification_report.json/.md")
     p.add_argument("--seed", type=int, default=42, help="seed of the random inputs (default: 42)")
     p.add_argument("--no-end-to-end", action="store_true", help="only the per-block checks")
+    p.add_argument("--correspondence", metavar="FILE",
+                   help="which SHA tensors stand for which MHA tensors, per block (the correspondence.json a conversion "
+                        "writes; docs/verification.md); without it, derived from the two graphs' structure")
     _common(p)
 
     p = sub.add_parser("demo", help="convert a bundled example and print its verification report")
@@ -198,7 +201,7 @@ def _cmd_example(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from verify.cli import run_verify
+    from mha2sha.verify_command import run_verify
 
     return run_verify(args)
 

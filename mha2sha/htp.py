@@ -271,18 +271,14 @@ def report_section(original: Path, converted: Path, specs, *, seed: int, weight_
     from verify.run import consistent_graph_feeds
 
     _, feeds = consistent_graph_feeds(original, seed=seed, weight_bytes=weight_bytes)
-    sha_feeds = dict(feeds)
-    for spec in specs:
-        sha_feeds = spec.graph_feeds(sha_feeds)
-    wanted = {i.name for i in onnx.load(str(converted), load_external_data=False).graph.input}
+    wanted = [i.name for i in onnx.load(str(converted), load_external_data=False).graph.input]
+    sha_feeds = specs.graph_feeds(feeds, wanted)  # specs: the verify.correspondence.Correspondence
     mha = run(original, feeds)
-    sha = run(converted, {k: v for k, v in sha_feeds.items() if k in wanted})
+    sha = run(converted, sha_feeds)
     section = {"status": "pass" if sha.runs_whole else "fail", "soc_model": SOC_MODEL, "htp_arch": HTP_ARCH,
                "precision": "fp16", "mha": mha.signals(), "sha": sha.signals()}
     if mha.outputs and sha.outputs:
-        got = dict(sha.outputs)
-        for spec in specs:
-            got = spec.graph_outputs(got)
+        got = specs.graph_values(dict(sha.outputs))
         diffs = {k: float(np.max(np.abs(got[k].astype(np.float64) - v))) for k, v in mha.outputs.items()
                  if k in got and np.issubdtype(v.dtype, np.floating)}
         section["max_abs_sha_vs_mha"] = diffs

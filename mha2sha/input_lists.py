@@ -45,7 +45,7 @@ def _raw(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32) if array.dtype.kind == "f" else array
 
 
-def write_input_lists(staged, original_path: Path, converted_path: Path, specs, *, seed: int,
+def write_input_lists(staged, original_path: Path, converted_path: Path, correspondence, *, seed: int,
                       weight_bytes: int, sets: int = 1) -> dict:
     """Write the files described in the module docstring into ``staged`` (the run's
     mha2sha.outputs.OutputTransaction: they move into OUTDIR with the rest of the run, and a
@@ -63,9 +63,7 @@ def write_input_lists(staged, original_path: Path, converted_path: Path, specs, 
     lines, device_lines, goldens = [], [], 0
     for k in range(sets):
         _, feeds = consistent_graph_feeds(original_path, seed=seed + k, weight_bytes=weight_bytes)
-        sha_feeds = dict(feeds)
-        for spec in specs:
-            sha_feeds = spec.graph_feeds(sha_feeds)
+        sha_feeds = correspondence.graph_feeds(feeds, sha_inputs)
         entries, device_entries = [], []
         for name in sha_inputs:
             if name not in sha_feeds:
@@ -80,8 +78,9 @@ def write_input_lists(staged, original_path: Path, converted_path: Path, specs, 
         device_lines.append(" ".join(device_entries))
         if fits:
             values = dict(_run_ort(original_path, feeds))
-            for spec in specs:
-                values.update(_split_outputs(spec, values))
+            for split in correspondence.cache_splits("output"):
+                if split.original in values:
+                    values.update(split.pieces(values[split.original]))
             for name in sha_outputs:
                 if name in values:
                     _raw(values[name]).tofile(staged.path(f"goldens/{k}/{files[name]}.raw"))
@@ -95,19 +94,6 @@ def write_input_lists(staged, original_path: Path, converted_path: Path, specs, 
     return {"sets": sets, "inputs": len(sha_inputs), "goldens": goldens, "goldens_skipped": not fits,
             "input_list": str(staged.final(INPUT_LIST)), "on_device_input_list": str(staged.final(ON_DEVICE_INPUT_LIST)),
             "names": str(staged.final(NAMES_FILE))}
-
-
-def _split_outputs(spec, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-head outputs of the SHA model, as slices of the MHA output they were cut from."""
-    out = {}
-    for orig, split in spec.io_splits.items():
-        if split.kind == "output" and orig in values:
-            if split.graph_layout == "head_major":
-                out[orig] = np.stack([np.take(values[orig], index, axis=split.axis) for index in sorted(split.indices)], axis=0)
-                continue
-            for name, index in zip(split.names, split.indices):
-                out[name] = np.take(values[orig], index, axis=split.axis)
-    return out
 
 
 # Entries of input_list.txt are "<name>:=<path>" separated by spaces, one set per line: a

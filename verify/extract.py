@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mha2sha.graph.ir_utils import in_memory, is_const
 from verify.block_check import WeightRef
+from verify.graphs import in_memory, is_const
 
 
 class ExtractError(ValueError):
@@ -31,17 +31,20 @@ def _value_map(graph: ir.Graph) -> dict[str, ir.Value]:
     return values
 
 
-def minimal_inputs(original: ir.Model, converted: ir.Model, mha_inputs: list[str], sha_inputs: list[str]) -> tuple[list[str], list[str]]:
-    """The block inputs of both models without those that both compute from the others.
+def minimal_inputs(original: ir.Model, converted: ir.Model, pairs: list[list[str]], mha_fixed: list[str] = (),
+                   sha_fixed: list[str] = ()) -> list[list[str]]:
+    """The block's input pairs ``[mha, sha]`` without those that both models compute from
+    the others.
 
     A split block may read a tensor from further up than the original did (a per-kv-head
     RoPE reads cos [B, S, D] where the MHA block read Unsqueeze(cos) [B, 1, S, D]); both
     block models must then start from the upstream tensor, with the node in between inside
-    the block, so that both are fed the same values. A tensor is dropped only when one node
+    the block, so that both are fed the same values. A pair is dropped only when one node
     computes it from the other inputs (and constants) in both models: otherwise (linear->conv
-    rewrote its producer, say) it stays an input of both."""
+    rewrote its producer, say) it stays an input of both. ``*_fixed``: inputs that always
+    stay (per-head cache pieces)."""
     mha_values, sha_values = _value_map(original.graph), _value_map(converted.graph)
-    mha, sha = list(dict.fromkeys(mha_inputs)), list(dict.fromkeys(sha_inputs))
+    kept = [list(p) for p in dict.fromkeys(tuple(p) for p in pairs)]
 
     def derived(values: dict[str, ir.Value], name: str, stop: set[str]) -> bool:
         v = values.get(name)
@@ -55,12 +58,13 @@ def minimal_inputs(original: ir.Model, converted: ir.Model, mha_inputs: list[str
     changed = True
     while changed:
         changed = False
-        for name in [n for n in mha if n in sha]:
-            if derived(mha_values, name, set(mha)) and derived(sha_values, name, set(sha)):
-                mha.remove(name)
-                sha.remove(name)
+        for pair in list(kept):
+            mha_stop = {m for m, _ in kept} | set(mha_fixed)
+            sha_stop = {s for _, s in kept} | set(sha_fixed)
+            if derived(mha_values, pair[0], mha_stop) and derived(sha_values, pair[1], sha_stop):
+                kept.remove(pair)
                 changed = True
-    return mha, sha
+    return kept
 
 
 def extract(model: ir.Model, inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
@@ -122,6 +126,7 @@ def _cut(model: ir.Model, inputs: list[str], outputs: list[str], *, lazy: bool) 
         stack.extend(i for i in node.inputs if i is not None)
     order = [n for n in graph if id(n) in needed_nodes]
     proto_nodes = [ir.serde.serialize_node(n) for n in order]
+    _rename_fed_outputs(proto_nodes, stop - set(outputs))
     refs = [ref for ref in (_lazy_ref(v) for v in needed_inits.values()) if ref is not None] if lazy else []
     lazy_names = {ref.name for ref in refs}
     kept = [v for v in needed_inits.values() if v.name not in lazy_names]
@@ -144,6 +149,22 @@ def _cut(model: ir.Model, inputs: list[str], outputs: list[str], *, lazy: bool) 
     out = onnx.helper.make_model(g, opset_imports=opsets)
     out.ir_version = model.ir_version
     return out, refs
+
+
+def _rename_fed_outputs(nodes: list[onnx.NodeProto], fed: set[str]) -> None:
+    """A node in the block may also write a tensor the block is fed (a Split or Unsqueeze
+    whose other output is the block's input: GPT-BigCode's fused QKV): that output gets a
+    name of its own, so the block defines every name once and its readers read the feed."""
+    taken = {name for n in nodes for name in list(n.input) + list(n.output)} | fed
+    for node in nodes:
+        for k, name in enumerate(node.output):
+            if name in fed:
+                fresh, i = f"{name}__not_read_in_block", 0
+                while fresh in taken:
+                    i += 1
+                    fresh = f"{name}__not_read_in_block{i}"
+                taken.add(fresh)
+                node.output[k] = fresh
 
 
 def _value_info(v: ir.Value) -> onnx.ValueInfoProto:

@@ -13,22 +13,60 @@ REPORT_JSON = "verification_report.json"
 REPORT_MD = "verification_report.md"
 
 
-def overall_status(report: dict) -> str:
+def _block_failures(report: dict) -> list[str]:
+    return [b["name"] for b in report.get("blocks", []) if b["status"] == "fail"]
+
+
+def verdict(report: dict) -> tuple[str, str]:
+    """The one verdict of a report: ``(status, text)``, status "pass" or "fail".
+
+    The Markdown header, the console line and the exit code (pass = 0, fail = 1) all come
+    from here. PASS needs at least one check that ran and none that failed; the text says
+    which checks did not run and why, e.g. "PASS (onnxruntime only: float64 truth
+    unavailable: ...)" or "PASS (end-to-end only: ...)". A check that could not run never
+    counts as passed."""
+    reasons: list[str] = []
     if report.get("failure"):
-        return "fail"
-    if any(b["status"] != "pass" for b in report.get("blocks", [])):
-        return "fail"
-    if report.get("end_to_end", {}).get("status") == "fail":
-        return "fail"
-    if not report.get("blocks"):
-        return "fail"
+        f = report["failure"]
+        reasons.append(f"failed during {f.get('stage')}: {f.get('message')}")
+    failing = _block_failures(report)
+    if failing:
+        reasons.append(f"{len(failing)} of {len(report.get('blocks', []))} blocks fail: {', '.join(failing[:5])}")
+    e2e = report.get("end_to_end") or {}
+    if e2e.get("status") == "fail":
+        reasons.append("end-to-end fails" + (f": {e2e['reason']}" if e2e.get("reason") else ""))
+    coverage = report.get("encodings_coverage") or {}
+    if coverage.get("status") == "fail":
+        reasons.append(f"{coverage.get('missing_count')} SHA tensors lack their MHA tensor's encoding")
     # An unmet flag expectation fails the run only where the converter says so (``fails_run``:
     # the strict RoPE check); older reports without the field: every unmet one under strict.
     if any(e.get("fails_run", bool(report.get("strict_expectations")) and not e["found"]) for e in report.get("expectations", [])):
-        return "fail"
-    if report.get("encodings_coverage", {}).get("status") == "fail":
-        return "fail"
-    return "pass"
+        reasons.append("flag expectations not met (--strict)")
+    blocks_ran = [b for b in report.get("blocks", []) if b["status"] == "pass"]
+    e2e_ran = e2e.get("status") == "pass"
+    if not reasons and not blocks_ran and not e2e_ran:
+        why = [(report.get("unmatched") or {}).get("reason") or "no block verified", e2e.get("reason") or "end-to-end not run"]
+        reasons.append("nothing was verified: " + "; ".join(w for w in why if w))
+    if reasons:
+        return "fail", "FAIL (" + "; ".join(reasons) + ")"
+    notes: list[str] = []
+    if not blocks_ran:
+        unmatched = (report.get("unmatched") or {})
+        notes.append("end-to-end only: " + (unmatched.get("reason") or "no block could be matched"))
+    no_truth = [b for b in blocks_ran if b.get("truth", "float64") != "float64"]
+    if no_truth:
+        notes.append(f"onnxruntime only for {len(no_truth)} of {len(blocks_ran)} blocks: float64 truth unavailable: {no_truth[0].get('truth_reason', '')}")
+    if e2e_ran and e2e.get("truth", "float64") != "float64":
+        notes.append("end-to-end against onnxruntime only: " + e2e.get("truth_reason", "float64 truth unavailable"))
+    if blocks_ran and not e2e_ran:
+        notes.append("per block only: end-to-end " + (e2e.get("reason") or "not run"))
+    if (report.get("unmatched") or {}).get("blocks") and blocks_ran:
+        notes.append(f"{len(report['unmatched']['blocks'])} attention cores not matched, checked end to end only")
+    return "pass", "PASS" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def overall_status(report: dict) -> str:
+    return verdict(report)[0]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -45,7 +83,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
-    report["status"] = overall_status(report)
+    report["status"], report["verdict"] = verdict(report)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / REPORT_JSON, "md": out_dir / REPORT_MD}
     _atomic_write(paths["json"], json.dumps(report, indent=1, sort_keys=False, default=str))
@@ -75,7 +113,8 @@ def _fmt(x) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Verification report: {report.get('status', '?').upper()}", ""]
+    status, text = verdict(report)
+    lines = [f"# Verification report: {text}", ""]
     model = report.get("model", {})
     for key in ("original", "converted", "encodings", "sha_encodings"):
         if model.get(key):
@@ -94,6 +133,16 @@ def markdown(report: dict) -> str:
         lines += ["", "### Failed checks", ""]
         lines += [f"- {name}: `{c['check']}` on `{c['output']}`: max abs {_fmt(c['max_abs'])} > tolerance {_fmt(c['tolerance'])} {c['note']}" for name, c in failing]
         lines += [f"- {name}: {err}" for name, err in errors]
+    not_run = [(b["name"], n) for b in report.get("blocks", []) for n in b.get("not_run", [])]
+    if not_run:
+        lines += ["", "### Checks not run", ""]
+        lines += [f"- {name}: `{n['check']}`: {n['reason']}" for name, n in not_run]
+    unmatched = report.get("unmatched") or {}
+    if unmatched.get("reason") or unmatched.get("blocks"):
+        lines += ["", "## Blocks not matched (checked end to end only)", ""]
+        if unmatched.get("reason"):
+            lines.append(unmatched["reason"])
+        lines += [f"- {u['name']} ({u.get('anchor', '')}): {u['reason']}" for u in unmatched.get("blocks", [])]
     expectations = report.get("expectations")
     if expectations:
         lines += ["", "## Flag expectations" + (" (strict)" if report.get("strict_expectations") else ""), ""]
@@ -116,14 +165,23 @@ def markdown(report: dict) -> str:
             lines += [f"- `{sha}` (for `{mha}`)" for mha, sha in coverage["missing"][:20]]
         else:
             lines.append("every SHA tensor that stands for an encoded MHA tensor has an encoding")
+    if coverage and "unmatched_count" in coverage:
+        lines.append("")
+        lines.append(f"{coverage['matched']} of {coverage['file_names']} names in the encodings file are tensors of the model"
+                     + (f"; not in the model: {', '.join(f'`{n}`' for n in coverage['unmatched'][:20])}" if coverage["unmatched"] else ""))
+    warnings = report.get("encodings_warnings")
+    if warnings:
+        lines += ["", "## Encodings warnings", ""] + [f"- {_text(w)}" for w in warnings[:50]]
     enc = report.get("encodings")
     if enc:
         lines += ["", "## Encodings", ""]
         for k, v in enc.items():
             if isinstance(v, list):
-                lines.append(f"- {k}: {len(v)}" + (f" ({', '.join(map(str, v[:8]))}{'...' if len(v) > 8 else ''})" if v else ""))
+                lines.append(f"- {k}: {len(v)}" + (f" ({', '.join(_text(x) for x in v[:8])}{'...' if len(v) > 8 else ''})" if v else ""))
             else:
-                lines.append(f"- {k}: {v}")
+                lines.append(f"- {k}: {_text(v)}")
+    lines += _contract_lines(report)
+    lines += _kept_lines(report)
     lines += _htp_lines(report.get("htp"))
     timings = report.get("timings")
     if timings:
@@ -157,6 +215,48 @@ def _htp_lines(section: dict | None) -> list[str]:
     return lines
 
 
+def _text(x) -> str:
+    """A value as Markdown text, never a Python repr."""
+    if isinstance(x, (list, tuple)):
+        return " -> ".join(_text(i) for i in x) if len(x) == 2 and all(isinstance(i, str) for i in x) else ", ".join(_text(i) for i in x)
+    if isinstance(x, dict):
+        return ", ".join(f"{k}: {_text(v)}" for k, v in x.items())
+    if isinstance(x, float):
+        return _fmt(x)
+    if x is None:
+        return "none"
+    return str(x)
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]" if shape is not None else "unknown"
+
+
+def _contract_lines(report: dict) -> list[str]:
+    contract = report.get("io_contract")
+    if not contract:
+        return []
+    lines = ["", "## I/O contract", ""]
+    for kind in ("inputs", "outputs"):
+        for when in ("before", "after"):
+            lines += [f"{kind.capitalize()} {when} ({'original' if when == 'before' else 'converted'} model):", "",
+                      "| name | shape | dtype |", "|---|---|---|"]
+            lines += [f"| `{t['name']}` | {_shape(t['shape'])} | {t['dtype'] or 'unknown'} |" for t in contract[kind][when]]
+            lines.append("")
+    before, after = contract["op_counts"]["before"], contract["op_counts"]["after"]
+    lines += ["### Op counts", "", "| op | before | after |", "|---|---|---|"]
+    lines += [f"| {op} | {before.get(op, 0)} | {after.get(op, 0)} |" for op in sorted(set(before) | set(after))]
+    return lines
+
+
+def _kept_lines(report: dict) -> list[str]:
+    kept = [("--optimize-o-proj", k) for k in (report.get("optimize_o_proj") or {}).get("kept", [])]
+    kept += [("--kv-cache-io head-major", k) for k in report.get("head_major_cache_io_kept", [])]
+    if not kept:
+        return []
+    return ["", "## Kept as they were", ""] + [f"- {flag}: `{k[0]}`: {k[1]}" for flag, k in kept]
+
+
 def verdict_table(report: dict) -> str:
     rows = []
     for b in report.get("blocks", []):
@@ -178,4 +278,4 @@ def verdict_table(report: dict) -> str:
                     + ("; --strict" if strict else "") + ")")
     if report.get("failure"):
         rows.append(f"  failed during {report['failure']['stage']}: {report['failure']['message']}")
-    return "verification:\n" + "\n".join(rows) + f"\n  overall: {report.get('status', '?').upper()}"
+    return "verification:\n" + "\n".join(rows) + f"\n  overall: {verdict(report)[1]}"

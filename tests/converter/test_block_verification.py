@@ -22,7 +22,8 @@ from mha2sha.block_verification import WORKERS_ENV
 from mha2sha.graph import writer
 from mha2sha.graph.io import load_model
 from verify.extract import extract
-from verify.run import block_specs, verify_models
+from mha2sha.correspondence import block_correspondence
+from verify.run import verify_models
 
 
 def _external_model(tmp_path: Path, **overrides) -> Path:
@@ -45,9 +46,9 @@ def test_workers_give_the_serial_verdicts(tmp_path, monkeypatch, workers, flags)
     path = _external_model(tmp_path)
     result = convert(path, tmp_path / "out", ConvertOptions(verify=True, **flags))
     assert result.report["verification_workers"] == workers
-    specs, _ = block_specs(path, allow_hard_links=True)
+    specs = block_correspondence(path, allow_hard_links=True)
     if flags.get("replace_linear_with_conv"):  # the block boundaries the conversion verified
-        specs = [s for s in specs if s.name in {b["name"] for b in result.report["blocks"]}]
+        specs.blocks = [s for s in specs.blocks if s.name in {b["name"] for b in result.report["blocks"]}]
     # A copy of the input with one link per file: --link-weights gave its data file a second
     # name, and the capture of real block inputs (onnx.load) refuses such a file.
     original = tmp_path / "in_copy" / path.name
@@ -105,6 +106,6 @@ def test_a_defect_in_the_written_weights_fails_its_block_only(tmp_path, monkeypa
     assert result.report["status"] != "pass"
     # The block that failed is the one whose converted block model reads the corrupted weight.
     converted = load_model(result.model_path).model
-    spec = next(s for s in block_specs(path)[0] if s.name == failed[0]["name"])
-    block = extract(converted, spec.inputs, spec.outputs)
+    spec = next(s for s in block_correspondence(path).blocks if s.name == failed[0]["name"])
+    block = extract(converted, spec.sha_inputs, spec.sha_outputs)
     assert corrupted[0] in {t.name for t in block.graph.initializer}

@@ -17,7 +17,8 @@ from fuzz.strategies import attention_configs, encoding_schemes
 from mha2sha.api import ConvertOptions, convert
 from mha2sha.encodings import numeric_encodings, read_encodings
 from mha2sha.graph.io import load_model
-from verify.run import block_specs, verify_models
+from mha2sha.correspondence import block_correspondence
+from verify.run import verify_models
 
 
 def _convert(tmp_path, built, version, scheme, seed=0, **options):
@@ -69,7 +70,7 @@ def test_wrong_head_slice_and_missing_encoding_are_caught(tmp_path):
 
     model_path, enc_path, result = _convert(tmp_path, built, "1.0.0", EncodingScheme(weights="per_channel", activation_bitwidth=8))
     assert result.ok
-    specs, _ = block_specs(model_path)
+    specs = block_correspondence(model_path)
     original = load_model(model_path).model
     converted = load_model(result.model_path).model
     mha = numeric_encodings(read_encodings(enc_path), original)

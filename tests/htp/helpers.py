@@ -21,7 +21,8 @@ import onnx
 import onnxruntime as ort
 
 from mha2sha import htp
-from verify.run import block_specs, consistent_graph_feeds
+from mha2sha.correspondence import block_correspondence
+from verify.run import consistent_graph_feeds
 
 
 def example(name: str, workdir: Path) -> tuple[Path, Path]:
@@ -47,18 +48,13 @@ def feeds_for(mha: Path, sha: Path, *, ranges: dict | None = None, feeds: dict |
     for name, (lo, hi) in (ranges or {}).items():
         if name in feeds and np.issubdtype(feeds[name].dtype, np.floating):
             feeds[name] = np.clip(feeds[name], lo, hi).astype(feeds[name].dtype)
-    specs, _ = block_specs(mha, **split_options)
-    sha_feeds = dict(feeds)
-    for spec in specs:
-        sha_feeds = spec.graph_feeds(sha_feeds)
-    wanted = {i.name for i in onnx.load(str(sha), load_external_data=False).graph.input}
-    return feeds, {k: v for k, v in sha_feeds.items() if k in wanted}, specs
+    corr = block_correspondence(mha, **split_options)
+    wanted = [i.name for i in onnx.load(str(sha), load_external_data=False).graph.input]
+    return feeds, corr.graph_feeds(feeds, wanted), corr
 
 
-def sha_in_mha_layout(outputs: dict, specs: list) -> dict:
-    for spec in specs:
-        outputs = spec.graph_outputs(outputs)
-    return outputs
+def sha_in_mha_layout(outputs: dict, corr) -> dict:
+    return corr.graph_values(outputs)
 
 
 def cpu(model: Path, feeds: dict) -> dict:

@@ -16,7 +16,10 @@ from onnx import numpy_helper
 
 from fuzz import AttentionConfig, build
 from mha2sha.api import ConvertOptions, convert
-from verify.run import block_specs, verify_models
+from mha2sha.correspondence import block_correspondence
+from verify.derive import derive_correspondence
+from verify.graphs import infer_shapes, load
+from verify.run import verify_models
 
 CFG = AttentionConfig(batch=1, seq=6, hidden=32, heads=4, kv_heads=2, layers=1, rope="rotate_half", mask="causal", projection="matmul_bias", mlp=False)
 
@@ -96,27 +99,37 @@ DEFECTS = {
 }
 
 
-def _verify(original: Path, sha: Path) -> dict:
-    specs, _ = block_specs(original)
+def _verify(original: Path, sha: Path, how: str) -> dict:
+    """``how``: the correspondence the converter gives, or derived from the graphs' structure."""
+    if how == "converter":
+        specs = block_correspondence(original)
+    else:
+        a, b = load(original), load(sha)
+        infer_shapes(a)
+        infer_shapes(b)
+        specs, unmatched = derive_correspondence(a, b)
+        assert not unmatched["blocks"], unmatched
     return verify_models(original, sha, specs, end_to_end=False)
 
 
-def test_clean_conversion_passes(converted):
+@pytest.mark.parametrize("how", ["converter", "derived"])
+def test_clean_conversion_passes(converted, how):
     original, sha = converted
-    report = _verify(original, sha)
-    assert all(b["status"] == "pass" for b in report["blocks"]), report["blocks"]
+    report = _verify(original, sha, how)
+    assert report["blocks"] and all(b["status"] == "pass" for b in report["blocks"]), report["blocks"]
 
 
+@pytest.mark.parametrize("how", ["converter", "derived"])
 @pytest.mark.parametrize("defect", list(DEFECTS))
-def test_defect_is_caught_and_located(converted, tmp_path, defect):
+def test_defect_is_caught_and_located(converted, tmp_path, defect, how):
     original, sha = converted
     model = onnx.load(sha)
     DEFECTS[defect](model)
     broken = tmp_path / "broken.onnx"
     onnx.save(model, broken)
-    report = _verify(original, broken)
+    report = _verify(original, broken, how)
     block = report["blocks"][0]
-    assert block["name"] == "attn0"
+    assert block["name"] == ("attn0" if how == "converter" else "block0")
     assert block["status"] == "fail", f"{defect} was not caught: {block['checks']}"
     failed = [c for c in block["checks"] if not c["passed"]]
     assert any(c["check"] == "sha_ort_vs_truth" and c["max_abs"] > 10 * c["tolerance"] for c in failed), failed
