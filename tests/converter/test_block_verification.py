@@ -19,10 +19,10 @@ import pytest
 from fuzz import AttentionConfig, build
 from mha2sha.api import ConvertOptions, convert
 from mha2sha.block_verification import WORKERS_ENV
+from mha2sha.correspondence import block_correspondence
 from mha2sha.graph import writer
 from mha2sha.graph.io import load_model
 from verify.extract import extract
-from mha2sha.correspondence import block_correspondence
 from verify.run import verify_models
 
 
