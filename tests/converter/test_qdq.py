@@ -22,9 +22,10 @@ from onnx import numpy_helper
 import refimpl
 from fuzz.examples import write_example
 from mha2sha.api import ConvertOptions, convert
+from mha2sha.correspondence import block_correspondence
 from mha2sha.encodings import numeric_encodings, read_encodings
 from refimpl.quant import quantize_dequantize
-from verify.run import block_specs, consistent_graph_feeds
+from verify.run import consistent_graph_feeds
 
 
 def _converted(tmp_path, name):
@@ -90,10 +91,7 @@ def _dequantize(node, stored):
 def test_activations_follow_the_simulated_quantization(tmp_path):
     files, result, sha, quant, qdq, _ = _converted(tmp_path, "llama2-tiny")
     _, feeds = consistent_graph_feeds(files["model"], seed=1, weight_bytes=1)
-    specs, _ = block_specs(files["model"])
-    for spec in specs:
-        feeds = spec.graph_feeds(feeds)
-    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in sha.graph.input}}
+    feeds = block_correspondence(files["model"]).graph_feeds(feeds, [i.name for i in sha.graph.input])
     # Encoded activations upstream of every Softmax: no tie can have flipped yet.
     produced = {o: n for n in sha.graph.node for o in n.output}
     after_softmax: set[str] = set()
