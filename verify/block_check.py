@@ -284,7 +284,8 @@ def _head_encodings(mha: onnx.ModelProto, sha: onnx.ModelProto, mha_enc, sha_enc
     from verify.head_encodings import missing_head_encodings
 
     missing = missing_head_encodings(mha, sha, {k for k in mha_enc if k in _tensor_names(mha)}, {k for k in sha_enc if k in _tensor_names(sha)})
-    return Comparison("head_encodings", "every head", float(len(missing)), float(len(missing)), 0.0, 0.0, not missing,
+    # max_abs: how many are missing; the tolerance 0.5 admits none (and keeps error/tolerance finite).
+    return Comparison("head_encodings", "every head", float(len(missing)), float(len(missing)), float(len(missing)), 0.5, not missing,
                       ("activations without the encoding the original has at the same place: " + ", ".join(missing[:5]))
                       if missing else "every head's activations are encoded as the original block's")
 
