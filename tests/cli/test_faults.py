@@ -499,3 +499,30 @@ def test_disk_full_is_exit_2_and_leaves_no_finished_output(example, tmp_path, wh
     after = {k: v for k, v in tree_hashes(out).items() if not k.startswith(".mha2sha-partial-")}
     assert after == before
     assert not list(out.glob(".mha2sha-partial-*"))
+
+
+# -- 4. input_list.txt: names that cannot be written verbatim -------------------------------------
+
+
+def test_input_list_names_are_never_written_verbatim(tmp_path):
+    """A graph input named with a space, a newline and a path: one line per set, the entry
+    and the file under a safe name, the mapping in input_list_names.json."""
+    path, proto = _attention_model(tmp_path)
+    hostile = "hidden states\nevil:=/etc/passwd/" + "x" * 300
+    old = proto.graph.input[0].name
+    proto.graph.input[0].name = hostile
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = hostile
+    _save_raw(path, proto)
+    out = tmp_path / "out"
+    proc = run("convert", path, "-o", out, "--create-input-lists")
+    assert proc.returncode == 0, proc.stderr
+    lines = (out / "input_list.txt").read_text().splitlines()
+    assert len(lines) == 1 and "/etc/passwd" not in lines[0] and " " not in lines[0].split(":=", 1)[0]
+    names = json.loads((out / "input_list_names.json").read_text())
+    entry = names["inputs"][hostile]
+    assert lines[0].startswith(entry["entry"] + ":=") and len(entry["file"]) < 255
+    raw = out / "inputs" / "0" / entry["file"]
+    assert raw.is_file() and raw.parent == out / "inputs" / "0"
