@@ -41,6 +41,7 @@ import onnx_ir as ir
 
 from mha2sha.analysis import opaxes
 from mha2sha.errors import UsageError
+from mha2sha.graph.build import add_constant, axes_of, fresh_name, tensor_names
 from mha2sha.graph.ir_utils import attr, const_array, describe, dims, is_const, norm_axis
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -105,10 +106,7 @@ def _ints(v: ir.Value | None) -> list[int] | None:
 
 
 def _axes(node: ir.Node, rank: int, input_index: int = 1) -> list[int] | None:
-    a = attr(node, "axes")
-    if a is None and len(node.inputs) > input_index and node.inputs[input_index] is not None:
-        a = _ints(node.inputs[input_index])
-    return None if a is None else [norm_axis(int(x), rank) for x in a]
+    return axes_of(node, rank, input_index=input_index)
 
 
 # -- the propagation ----------------------------------------------------------------------------
@@ -749,7 +747,7 @@ def _apply_constants(graph: ir.Graph, plan: _Plan, undo: _Undo) -> None:
     by_value: dict[ir.Value, list] = {}
     for (node, index), array in plan.inputs.items():
         by_value.setdefault(node.inputs[index], []).append((node, index, array))
-    names = {v.name for v in graph.inputs} | set(graph.initializers) | {o.name for n in graph for o in n.outputs}
+    names = tensor_names(graph)
     for old, entries in by_value.items():
         arrays = [a for _, _, a in entries]
         everyone = len(entries) == len(old.uses()) and all(a.shape == arrays[0].shape and np.array_equal(a, arrays[0]) for a in arrays)
@@ -762,16 +760,7 @@ def _apply_constants(graph: ir.Graph, plan: _Plan, undo: _Undo) -> None:
         for node, index, array in entries:
             v = next((val for arr, val in made if arr.shape == array.shape and np.array_equal(arr, array)), None)
             if v is None:
-                base = f"{old.name or 'const'}.ar"
-                name, k = base, 1
-                while name in names:
-                    k += 1
-                    name = f"{base}{k}"
-                names.add(name)
-                v = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-                v.shape = ir.Shape(list(array.shape))
-                v.dtype = v.const_value.dtype
-                graph.register_initializer(v)
+                v = add_constant(graph, fresh_name(f"{old.name or 'const'}.ar", names, sep=""), array)
                 undo.added.append(v)
                 made.append((array, v))
             undo.inputs.append((node, index, old))

@@ -66,6 +66,7 @@ import onnx_ir as ir
 
 from mha2sha.analysis import opaxes
 from mha2sha.errors import InputError, OutputError
+from mha2sha.graph.build import LINEAR_OPS, linear_weight
 from mha2sha.graph.ir_utils import attr, const_tensor, dims, is_const
 
 TENSOR_NAMES_FILE = "lora_tensor_names.txt"
@@ -212,7 +213,7 @@ def _resolve(base: Path, value: str, path, where, *, folder: bool = False) -> Pa
 # LoRA branches, found by structure
 # ---------------------------------------------------------------------------------------------
 
-_LINEAR = ("MatMul", "Gemm", "Conv")
+_LINEAR = LINEAR_OPS
 
 
 @dataclass
@@ -234,28 +235,6 @@ class LoraBranch:
     alpha: ir.Value | None
     slot: int
     rank: int
-
-
-def _linear_weight(node: ir.Node) -> tuple[ir.Value, ir.Value, int, int] | None:
-    """(data input, constant weight, in channels, out channels) of a linear op."""
-    if node.op_type not in _LINEAR or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
-        return None
-    x, w = node.inputs[0], node.inputs[1]
-    if x is None or w is None or not is_const(w) or is_const(x):
-        return None
-    shape = list(const_tensor(w).shape)
-    if node.op_type == "MatMul":
-        if len(shape) != 2:
-            return None
-        return x, w, int(shape[0]), int(shape[1])
-    if node.op_type == "Gemm":
-        if len(shape) != 2 or attr(node, "transA", 0):
-            return None
-        o, i = (shape[0], shape[1]) if attr(node, "transB", 0) else (shape[1], shape[0])
-        return x, w, int(i), int(o)
-    if len(shape) != 4 or shape[2:] != [1, 1] or attr(node, "group", 1) != 1:
-        return None
-    return x, w, int(shape[1]), int(shape[0])
 
 
 def _scalar_operand(node: ir.Node, other: ir.Value) -> ir.Value | None:
@@ -298,19 +277,19 @@ def _delta(value: ir.Value) -> tuple[ir.Node | None, ir.Value | None, ir.Node, i
                 break
         else:
             return None
-    b = _linear_weight(node)
-    if b is None or b[0].producer() is None:
+    b = linear_weight(node)
+    if b is None or b.data.producer() is None:
         return None
-    a_node = b[0].producer()
-    a = _linear_weight(a_node)
+    a_node = b.data.producer()
+    a = linear_weight(a_node)
     if a is None:
         return None
-    rank = b[2]
-    if a[3] != rank or not rank < min(a[2], b[3]):
+    rank = b.in_channels
+    if a.out_channels != rank or not rank < min(a.in_channels, b.out_channels):
         return None
-    if len(b[0].uses()) != 1 or (mul is not None and len(node.outputs[0].uses()) != 1):
+    if len(b.data.uses()) != 1 or (mul is not None and len(node.outputs[0].uses()) != 1):
         return None
-    return mul, alpha, a_node, node, a[0], rank
+    return mul, alpha, a_node, node, a.data, rank
 
 
 def _base_projection(value: ir.Value, x: ir.Value) -> tuple[ir.Node, int] | None:
@@ -321,8 +300,8 @@ def _base_projection(value: ir.Value, x: ir.Value) -> tuple[ir.Node, int] | None
         node = value.producer()
         if node is None:
             return None
-        lin = _linear_weight(node)
-        if lin is not None and lin[0] is x:
+        lin = linear_weight(node)
+        if lin is not None and lin.data is x:
             return node, passed
         if node.op_type != "Add" or len(node.inputs) != 2:
             return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from mha2sha.analysis.discover import Block, BlockError, analyze, find_anchors
+from mha2sha.graph.build import tensor_names
 from mha2sha.graph.ir_utils import describe
 from mha2sha.passes.cleanup import cleanup, ensure_sorted, infer_shapes
 from mha2sha.passes.fold import fold_static_shapes
@@ -73,17 +74,7 @@ class SplitResult:
 
 
 def _all_names(graph: ir.Graph) -> set[str]:
-    names: set[str] = set()
-    for v in list(graph.inputs) + list(graph.initializers.values()):
-        if v.name:
-            names.add(v.name)
-    for node in graph:
-        if node.name:
-            names.add(node.name)
-        for out in node.outputs:
-            if out.name:
-                names.add(out.name)
-    return names
+    return tensor_names(graph, node_names=True)  # one allocator names the new nodes and values
 
 
 def _drop_split_inputs(model: ir.Model, records: list[SplitRecord]) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mha2sha.errors import UsageError
+from mha2sha.graph.build import fresh_name, tensor_names
 from mha2sha.graph.ir_utils import const_array, is_const
 
 PREQUANT_MAP_FILE = "prequant_encodings_map.json"
@@ -53,21 +54,7 @@ class PrequantResult:
 
 def model_names(model: ir.Model) -> set[str]:
     """Every tensor name of the model: inputs, initializers, node outputs."""
-    graph = model.graph
-    names = {v.name for v in graph.inputs if v.name}
-    names.update(n for n in graph.initializers if n)
-    for node in graph:
-        names.update(o.name for o in node.outputs if o.name)
-    return names
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    base, k = name, 1
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
+    return tensor_names(model.graph)
 
 
 def lift_lora_alpha(model: ir.Model) -> tuple[dict[str, list[str]], dict[str, np.ndarray], list[str]]:
@@ -112,7 +99,7 @@ def lift_lora_alpha(model: ir.Model) -> tuple[dict[str, list[str]], dict[str, np
         base = "lora_alpha" if single else f"lora_alpha_{slot}"
         inputs: list[ir.Value] = []
         for j, key in enumerate(distinct):
-            name = _unique(base if len(distinct) == 1 else f"{base}_{j}", taken)
+            name = fresh_name(base if len(distinct) == 1 else f"{base}_{j}", taken)
             dtype = _alpha_dtype(members)
             v = ir.Value(name=name, shape=ir.Shape([1]), type=ir.TensorType(dtype))
             graph.inputs.append(v)
@@ -149,11 +136,11 @@ def _alpha_dtype(members) -> ir.DataType:
 def _insert_multiplier(graph: ir.Graph, branch, alpha: ir.Value, taken: set[str]) -> None:
     """B's output -> Mul(B's output, alpha) -> the branch's Add."""
     out = branch.b_node.outputs[0]
-    scaled = ir.Value(name=_unique(f"{out.name or 'lora_B'}.alpha", taken), shape=out.shape, type=out.type)
+    scaled = ir.Value(name=fresh_name(f"{out.name or 'lora_B'}.alpha", taken), shape=out.shape, type=out.type)
     for use in list(out.uses()):
         if use.node is branch.add:
             branch.add.replace_input_with(use.idx, scaled)
-    mul = ir.node("Mul", [out, alpha], outputs=[scaled], name=_unique(f"{branch.b_node.name or 'lora_B'}.alpha_mul", taken))
+    mul = ir.node("Mul", [out, alpha], outputs=[scaled], name=fresh_name(f"{branch.b_node.name or 'lora_B'}.alpha_mul", taken))
     graph.insert_after(branch.b_node, mul)
 
 

@@ -22,6 +22,7 @@ from mha2sha.analysis import opaxes
 from mha2sha.analysis.layout import Atom, Axis, Layout, free, product, sizes_equal
 from mha2sha.analysis.opaxes import OpAxes
 from mha2sha.analysis.regroup import RegroupError, regroup
+from mha2sha.graph.build import axes_are_computed, axes_of
 from mha2sha.graph.ir_utils import attr, const_array, dims, node_opset, norm_axis
 
 
@@ -119,13 +120,9 @@ def _reshape(node: ir.Node, out: Layout) -> RuleResult:
 
 def _raw_axes(node: ir.Node) -> list[int] | None:
     """The axes attribute or (newer opsets) constant axes input of Squeeze/Unsqueeze/Reduce*."""
-    axes = attr(node, "axes")
-    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        arr = const_array(node.inputs[1])
-        if arr is None:
-            raise Unsupported(f"{node.op_type} axes are computed at run time")
-        axes = [int(a) for a in arr.reshape(-1)]
-    return None if axes is None else [int(a) for a in axes]
+    if axes_are_computed(node):
+        raise Unsupported(f"{node.op_type} axes are computed at run time")
+    return axes_of(node)
 
 
 def _axes_operand(node: ir.Node, rank_: int) -> list[int] | None:

@@ -14,15 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mha2sha.graph.build import add_constant
 from mha2sha.split.emit import IOSplit, SplitRecord
-
-
-def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    v = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    v.shape = ir.Shape(list(array.shape))
-    v.dtype = v.const_value.dtype
-    graph.register_initializer(v)
-    return v
 
 
 def head_major_cache_io(model: ir.Model, records: list[SplitRecord]) -> list[str]:
@@ -60,7 +53,7 @@ def _inputs(graph: ir.Graph, orig: str, order: list[str], first: ir.Node | None)
     graph.inputs.clear()
     graph.inputs.extend(kept)
     for j, piece in enumerate(pieces):
-        index = _const(graph, f"{orig}.head_index_{j}", np.array(j, dtype=np.int64))
+        index = add_constant(graph, f"{orig}.head_index_{j}", np.array(j, dtype=np.int64))
         out = ir.Value(name=None, shape=piece.shape)
         out.dtype = piece.dtype
         node = ir.Node("", "Gather", [stacked, index], attributes=[ir.AttrInt64("axis", 0)], outputs=[out], name=f"{orig}.gather_h{j}")
@@ -77,7 +70,7 @@ def _inputs(graph: ir.Graph, orig: str, order: list[str], first: ir.Node | None)
 def _outputs(graph: ir.Graph, orig: str, order: list[str]) -> None:
     by_name = {v.name: v for v in graph.outputs}
     pieces = [by_name[n] for n in order]
-    axes = _const(graph, f"{orig}.head_axis", np.array([0], dtype=np.int64))
+    axes = add_constant(graph, f"{orig}.head_axis", np.array([0], dtype=np.int64))
     lifted = []
     for j, piece in enumerate(pieces):
         out = ir.Value(name=f"{orig}.h{j}.unsqueezed")

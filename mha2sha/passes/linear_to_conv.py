@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mha2sha.graph.build import add_constant, fresh_name
 from mha2sha.graph.derived import LinearAsConv, derive_from, derived_tensor
 from mha2sha.graph.ir_utils import attr, const_array, const_tensor, dims, is_const
 
@@ -38,12 +39,7 @@ class _Builder:
         self.nchw: dict[int, ir.Value] = {}  # shared input layout conversions, by input value
 
     def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}_{k}"
-        self.names.add(name)
-        return name
+        return fresh_name(name, self.names)
 
     def value(self, name: str, dtype) -> ir.Value:
         v = ir.Value(name=self.unique(name))
@@ -51,13 +47,7 @@ class _Builder:
         return v
 
     def ints(self, name: str, values: list[int]) -> ir.Value:
-        arr = np.array(values, dtype=np.int64)
-        v = ir.Value(name=self.unique(name), const_value=ir.tensor(arr))
-        v.const_value.name = v.name
-        v.shape = ir.Shape([len(values)])
-        v.dtype = ir.DataType.INT64
-        self.graph.register_initializer(v)
-        return v
+        return add_constant(self.graph, self.unique(name), np.array(values, dtype=np.int64))
 
     def node(self, op: str, inputs, name: str, outputs, attributes=None, before: ir.Node | None = None) -> ir.Node:
         n = ir.node(op, inputs, attributes or {}, outputs=outputs, name=self.unique(name))
@@ -149,23 +139,6 @@ def _take_name(graph: ir.Graph, b: _Builder, old: ir.Value | None, fallback: str
     return name
 
 
-def _register_tensor(graph: ir.Graph, name: str, tensor: ir.TensorProtocol) -> ir.Value:
-    tensor.name = name
-    v = ir.Value(name=name, const_value=tensor)
-    v.shape = ir.Shape(list(tensor.shape))
-    v.dtype = tensor.dtype
-    graph.register_initializer(v)
-    return v
-
-
-def _register(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    v = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-    v.shape = ir.Shape(list(array.shape))
-    v.dtype = v.const_value.dtype
-    graph.register_initializer(v)
-    return v
-
-
 def linear_to_conv(model: ir.Model, names: set[str], *, encoded: set[str] | frozenset = frozenset()) -> ConvRecord:
     """``encoded``: tensors with an AIMET encoding. A MatMul whose output is encoded keeps its
     bias Add separate (fusing it would remove that quantization point)."""
@@ -205,11 +178,11 @@ def linear_to_conv(model: ir.Model, names: set[str], *, encoded: set[str] | froz
         orig_w_name = w_value.name
         orig_bias_name = bias_value.name if bias_value is not None else None
         w_name = _take_name(graph, b, w_value, f"{base}.conv_weight")
-        conv_w = _register_tensor(graph, w_name, conv_weight)
+        conv_w = add_constant(graph, w_name, conv_weight)
         inputs = [xin, conv_w]
         if bias is not None:
             bias_name = _take_name(graph, b, bias_value, f"{w_name}.bias")
-            inputs.append(_register(graph, bias_name, bias))
+            inputs.append(add_constant(graph, bias_name, bias))
             if orig_bias_name:
                 record.biases[orig_bias_name] = bias_name
         conv = ir.node("Conv", inputs, {"kernel_shape": [1, 1]}, outputs=[conv_out], name=b.unique(conv_name or f"{base}.Conv"))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mha2sha.graph.build import axes_of
 from mha2sha.graph.ir_utils import attr, const_array, norm_axis
 
 
@@ -68,14 +69,6 @@ def optimize_o_proj(model: ir.Model, merges: list[ir.Node], *, encoded: set[str]
     return report
 
 
-def _axes(node: ir.Node) -> list[int] | None:
-    axes = attr(node, "axes")
-    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        found = const_array(node.inputs[1])
-        axes = None if found is None else [int(a) for a in found.reshape(-1)]
-    return None if axes is None else list(axes)
-
-
 def _match(concat: ir.Node, encoded: set[str]) -> _Chain | str:
     """The layout chain after ``concat``, or why it cannot be rewritten exactly."""
     shapes = [_static(v.shape) if v is not None else None for v in concat.inputs]
@@ -117,7 +110,7 @@ def _match(concat: ir.Node, encoded: set[str]) -> _Chain | str:
             pos, rank = hits[0], len(target)
             reshape_axes[len(ops)] = pos
         else:  # Unsqueeze / Squeeze
-            axes = _axes(node)
+            axes = axes_of(node)
             if axes is None:
                 return f"an {node.op_type} has unknown axes"
             if node.op_type == "Unsqueeze":

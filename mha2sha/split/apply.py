@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mha2sha.analysis.discover import Block
+from mha2sha.graph.build import fresh_name
 from mha2sha.split.emit import BlockSplitter, SplitError, SplitRecord
 
 
@@ -32,12 +33,7 @@ def _needed_outside(node: ir.Node, block_nodes: set[int], depth: int = 12) -> bo
 
 def _rename_for_replacement(value: ir.Value, names: set[str]) -> str:
     original = value.name
-    alt, k = f"{original}.mha", 1
-    while alt in names:
-        k += 1
-        alt = f"{original}.mha{k}"
-    names.add(alt)
-    value.name = alt
+    value.name = fresh_name(f"{original}.mha", names, sep="")
     return original
 
 

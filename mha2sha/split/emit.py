@@ -28,6 +28,7 @@ from mha2sha.analysis.layout import (
     same_atoms,
 )
 from mha2sha.errors import Refusal
+from mha2sha.graph.build import add_constant, axes_of, fresh_name
 from mha2sha.graph.derived import Take, derived_tensor, take
 from mha2sha.graph.ir_utils import (
     attr,
@@ -195,11 +196,8 @@ class BlockSplitter:
 
     # -- naming ----------------------------------------------------------------------
     def _unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}_{k}"
-        self.names.add(name)
+        base = name
+        name = fresh_name(base, self.names)
         if self._recording is not None:
             self._bases[name] = base
         return name
@@ -276,12 +274,7 @@ class BlockSplitter:
         return found
 
     def _const(self, name: str, array: np.ndarray) -> ir.Value:
-        name = self._unique(name)
-        v = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        v.shape = ir.Shape(list(array.shape))
-        v.dtype = v.const_value.dtype
-        self.graph.register_initializer(v)
-        return v
+        return add_constant(self.graph, self._unique(name), array)
 
     def _ints(self, tag: str, what: str, values: list[int]) -> ir.Value:
         """A small int64 constant, shared by every head that needs the same values."""
@@ -1092,11 +1085,5 @@ class BlockSplitter:
 
 
 def _unsqueeze_axes(node: ir.Node) -> list[int] | None:
-    axes = attr(node, "axes")
-    if axes is None and len(node.inputs) > 1:
-        arr = const_array(node.inputs[1])
-        axes = None if arr is None else [int(a) for a in arr.reshape(-1)]
-    if axes is None:
-        return None
-    rank_out = len(dims(node.outputs[0]) or [])
-    return sorted(norm_axis(a, rank_out) for a in axes)
+    axes = axes_of(node, len(dims(node.outputs[0]) or []))
+    return None if axes is None else sorted(axes)
