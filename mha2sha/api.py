@@ -612,7 +612,7 @@ def quantizable_weights(model: ir.Model) -> set[str]:
 
 
 def _version() -> str:
-    from mha2sha import __version__
+    from mha2sha._version import __version__
 
     return __version__
 
