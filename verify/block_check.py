@@ -271,7 +271,13 @@ def check_block(mha: onnx.ModelProto, sha: onnx.ModelProto, spec: BlockCorrespon
                 result.not_run.append({"check": "quant_sim_sha_vs_mha", "reason": f"refimpl cannot evaluate the block: {why or why_sha}"})
             else:
                 result.checks.extend(_quant_checks(q_mha, q_sha, mha_encodings))
-            result.checks.append(_head_encodings(mha, sha, mha_encodings, sha_encodings))
+            # Placing activations by structure is what a pair without a name mapping has (a
+            # correspondence derived by structure). With the converter's correspondence, the
+            # encodings are judged name by name (coverage through the mapping); the structural
+            # places are coarse there (a head laid out with one Transpose fewer moves a tensor
+            # onto another path's place) and raised false alarms on correct conversions.
+            if spec.features.get("derived"):
+                result.checks.append(_head_encodings(mha, sha, mha_encodings, sha_encodings))
         if not result.checks:
             result.error = "the block has no floating-point output to compare"
     except Exception as exc:  # noqa: BLE001 - a block that cannot be verified is a failed block

@@ -56,5 +56,12 @@ def _places(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
 def missing_head_encodings(mha: onnx.ModelProto, sha: onnx.ModelProto, mha_enc: dict, sha_enc: dict) -> list[str]:
     """Converted activations without an encoding where the original's has one."""
     mha_places, sha_places = _places(mha), _places(sha)
-    encoded = {place for name, place in mha_places.items() if name in mha_enc}
+    # A place is required only where the original encodes every tensor at it: a place is an
+    # (op, distance) pair, so tensors of different paths can share it (the q and k RoPE Slices
+    # when the converter lays one head out with one Transpose fewer), and a place the original
+    # itself encodes only in part says nothing about a converted tensor that lands there.
+    status: dict[tuple[str, int], set[bool]] = {}
+    for name, place in mha_places.items():
+        status.setdefault(place, set()).add(name in mha_enc)
+    encoded = {place for place, seen in status.items() if seen == {True}}
     return sorted(name for name, place in sha_places.items() if place in encoded and name not in sha_enc)
