@@ -25,7 +25,10 @@ def blocks_table(blocks) -> str:
         out.append(_table(rows, ["block", "heads", "kv heads", "head dim", "rope", "mask", "past kv", "lora", "qk norm"]))
     if skipped:
         out.append("not converted:")
-        out.extend(f"  {b.name} {b.anchor}: {b.reason}" + (f" (stopped at {b.stopped_at})" if b.stopped_at else "") for b in skipped)
+        for b in skipped:
+            out.append(f"  {b.name} {b.anchor}: {b.reason}" + (f" (stopped at {b.stopped_at})" if b.stopped_at else ""))
+            if len(b.stops) > 1:  # the walk stopped elsewhere too: list every stop
+                out.extend(f"    walk stopped: {s}" for s in b.stops)
     if not blocks:
         out.append("no Softmax or Attention op in the model")
     return "\n".join(out)

@@ -55,8 +55,11 @@ class Refusal(Exception):
     ``at`` the node where the stage stopped (None when no single node is to blame). Not a
     Mha2ShaError: a refused block is reported, the run goes on."""
 
-    def __init__(self, reason: str, at=None):
+    def __init__(self, reason: str, at=None, stops=()):
         super().__init__(reason)
         self.reason = reason
         self.at = at
+        # Every place the head walk stopped, "path: reason at Op(name)" (the near-misses: the
+        # reason above is the one that decided, the others may need fixing too).
+        self.stops = tuple(stops)
 

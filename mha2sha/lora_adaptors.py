@@ -628,13 +628,3 @@ def write_adaptor_files(staged, results: list[ConvertedAdaptor], tensor_names: l
         yaml.safe_dump({"use_case": entries}, fh, sort_keys=False)
     files.append(ADAPTOR_LIST_FILE)
     return files
-
-
-def lora_weight_names(graph: ir.Graph) -> list[str]:
-    """Names of the lora_A / lora_B initializers of every branch found by structure."""
-    names: list[str] = []
-    for b in find_lora_branches(graph):
-        for w in (b.a_weight, b.b_weight):
-            if w.name and w.name not in names:
-                names.append(w.name)
-    return names

@@ -39,6 +39,7 @@ class BlockReport:
     features: dict[str, str] = field(default_factory=dict)
     reason: str = ""
     stopped_at: str = ""
+    stops: list[str] = field(default_factory=list)  # every stop of the head walk (near-misses)
 
     def as_dict(self) -> dict:
         return {
@@ -51,6 +52,7 @@ class BlockReport:
             **self.features,
             "reason": self.reason,
             "stopped_at": self.stopped_at,
+            "stops": list(self.stops),
         }
 
 
@@ -163,6 +165,7 @@ def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool
             report.reason = getattr(exc, "reason", str(exc))
             at = getattr(exc, "at", None)
             report.stopped_at = describe(at) if at is not None else ""
+            report.stops = list(getattr(exc, "stops", ()))
             log.info("%s not converted: %s%s", name, report.reason, f" at {report.stopped_at}" if report.stopped_at else "")
             continue
         report.heads, report.kv_heads, report.head_dim = block.num_heads, block.num_kv_heads, block.head_dim

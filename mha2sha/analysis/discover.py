@@ -77,17 +77,6 @@ class Block:
     features: dict[str, str]
 
 
-@dataclass
-class Skipped:
-    anchor: ir.Node
-    reason: str
-    at: ir.Node | None = None
-
-    def describe(self) -> str:
-        where = f" at {describe(self.at)}" if self.at is not None else ""
-        return f"{describe(self.anchor)}: {self.reason}{where}"
-
-
 BlockError = Refusal  # the analysis' refusals are the converter's one refusal type
 
 
@@ -118,7 +107,6 @@ class _Walker:
         self.instances: list[Instance] = []
         self.stops: list[tuple[str, ir.Node, str]] = []  # (path, node, reason)
         self.path_override: dict[ir.Node, list[str]] = {}
-        self.keep_rank_inputs: dict[ir.Node, frozenset[int]] = {}
         self.root_sizes: list = []  # sizes of the candidate roots (batch axes of the scores)
 
     # -- registration ----------------------------------------------------------------
@@ -375,13 +363,14 @@ def _head_space(walker: _Walker, anchor: ir.Node, matrix_roots: frozenset[int] =
     if digits is None:
         if walker.root_sizes and all(size == 1 for size in walker.root_sizes[1:]):
             raise BlockError("the attention has a single head: nothing to split", anchor)
+        every = [f"{p}: {r} at {describe(n)}" for p, n, r in walker.stops]
         stops = [(n, r) for p, n, r in walker.stops if p == "q"]
         if stops:
             node, reason = stops[0]
-            raise BlockError(f"the query path does not reach a projection: {reason}", node)
+            raise BlockError(f"the query path does not reach a projection: {reason}", node, every)
         if walker.stops:  # stopped before the query path could be told apart (on the scores)
             _, node, reason = walker.stops[0]
-            raise BlockError(f"the walk from the softmax stopped: {reason}", node)
+            raise BlockError(f"the walk from the softmax stopped: {reason}", node, every)
         raise BlockError("the query path does not reach a projection", anchor)
     return HeadSpace(tuple(digits), matrix_roots=matrix_roots)
 
@@ -773,4 +762,4 @@ def analyze(name: str, anchor: ir.Node, group: int = 1) -> Block:
     return analyze_softmax(name, anchor, group)
 
 
-__all__ = ["Block", "Skipped", "BlockError", "analyze", "find_anchors", "Instance", "Projection", "Leaf", "const_array"]
+__all__ = ["Block", "BlockError", "analyze", "find_anchors", "Instance", "Projection", "Leaf", "const_array"]

@@ -117,10 +117,6 @@ def same_atoms(a: tuple[Atom, ...], b: tuple[Atom, ...]) -> bool:
     return len(a) == len(b) and all(x.same_as(y) for x, y in zip(a, b))
 
 
-def axis_of(*atoms: Atom) -> Axis:
-    return Axis(tuple(atoms))
-
-
 def product(sizes) -> Size:
     """Product of sizes; symbolic factors give a symbolic name, unknown gives None."""
     static = 1

@@ -64,13 +64,6 @@ def monomial(size: Size, unknown_tag: str) -> Monomial:
     return Monomial(coef, tuple(sorted(symbols)))
 
 
-def _prod(ms: list[Monomial]) -> Monomial:
-    out = ONE
-    for m in ms:
-        out = out * m
-    return out
-
-
 def group_dims(src: list[Size], dst: list[Size]) -> list[tuple[list[int], list[int]]]:
     """Partition two shapes with equal element counts into matching runs of axes."""
     ms = [monomial(s, f"s{i}") for i, s in enumerate(src)]

@@ -80,13 +80,6 @@ def const_array(value: ir.Value | None, max_elements: int | None = None) -> np.n
     return tensor.numpy()
 
 
-def const_shape(value: ir.Value) -> tuple[int, ...] | None:
-    tensor = const_tensor(value)
-    if tensor is None:
-        return None
-    return tuple(int(d) for d in tensor.shape)
-
-
 def attr(node: ir.Node, name: str, default=None):
     a = node.attributes.get(name)
     if a is None:

@@ -36,14 +36,6 @@ def _static(shape: ir.Shape | None) -> list | None:
     return None if shape is None else [d if isinstance(d, int) else None for d in shape]
 
 
-def _only_use(value: ir.Value, op_type: str) -> ir.Node | None:
-    uses = list(value.uses())
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    node = uses[0].node
-    return node if node.op_type == op_type and node.domain in ("", "ai.onnx") and uses[0].idx == 0 else None
-
-
 LAYOUT_OPS = ("Reshape", "Transpose", "Unsqueeze", "Squeeze")
 
 
