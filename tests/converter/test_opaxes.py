@@ -158,3 +158,28 @@ def test_adding_an_op_to_the_head_walk_is_one_table_entry(monkeypatch):
     got = merge_outputs(run_ort(converted, sha_feeds(feeds, result)), result)
     for name in built.output_names:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_the_report_lists_every_stop_of_the_walk():
+    """Shrink on the query and on the key path: the refusal names the query path's stop, and
+    the report lists both (a user fixing one would meet the other next)."""
+    from mha2sha.console import blocks_table
+
+    built = build(CONFIG, seed=4)
+    model = built.model
+    for i, name in ((0, "q"), (1, "k")):
+        scores, _, _ = _core(model)  # re-read: extending the node list copies the nodes
+        shrink = helper.make_node("Shrink", [scores.input[i]], [f"{name}.shrunk"], name=f"Shrink_{name}", lambd=0.5)
+        scores.input[i] = f"{name}.shrunk"
+        nodes = list(model.graph.node)
+        nodes[nodes.index(scores):nodes.index(scores)] = [shrink]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    _, result = convert_built(model)
+    block = result.blocks[0]
+    assert not block.converted and block.stopped_at == "Shrink(Shrink_q)"
+    assert sorted(s.split(":")[0] for s in block.stops) == ["k", "q"], block.stops
+    assert all("no rule for Shrink" in s for s in block.stops)
+    assert block.as_dict()["stops"] == block.stops
+    table = blocks_table(result.blocks)
+    assert "Shrink(Shrink_k)" in table and "Shrink(Shrink_q)" in table
