@@ -62,3 +62,15 @@ def check_own_packages() -> None:
         if where != ROOT / name / "__init__.py":
             raise ImportError(f"{where} shadows mha2sha's own package {name!r} (installed in {ROOT}): "
                               f"rename that file or run from another directory")
+
+
+def entry_point_guard(prog: str) -> bool:
+    """What every console entry point runs first: drop the working directory from ``sys.path``
+    and check our packages. False (after one error line on stderr) when they are shadowed."""
+    drop_working_directory()  # a verify.py or fuzz.py in the working directory is not ours
+    try:
+        check_own_packages()
+    except ImportError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return False
+    return True

@@ -230,13 +230,9 @@ _COMMANDS = {"convert": _cmd_convert, "inspect": _cmd_inspect, "example": _cmd_e
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mha2sha._own_packages import check_own_packages, drop_working_directory
+    from mha2sha._own_packages import entry_point_guard
 
-    drop_working_directory()  # a verify.py or fuzz.py in the working directory is not ours
-    try:
-        check_own_packages()
-    except ImportError as exc:
-        print(f"mha2sha: error: {exc}", file=sys.stderr)
+    if not entry_point_guard("mha2sha"):
         return EXIT_INTERNAL
     parser = build_parser()
     args = parser.parse_args(argv)

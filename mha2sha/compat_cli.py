@@ -62,13 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mha2sha._own_packages import check_own_packages, drop_working_directory
+    from mha2sha._own_packages import entry_point_guard
 
-    drop_working_directory()  # a verify.py or fuzz.py in the working directory is not ours
-    try:
-        check_own_packages()
-    except ImportError as exc:
-        print(f"mha2sha-onnx-converter: error: {exc}", file=sys.stderr)
+    if not entry_point_guard("mha2sha-onnx-converter"):
         return EXIT_INTERNAL
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=LOG_LEVELS[args.log_level], format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
