@@ -325,8 +325,7 @@ def _map_through_reshape(src: list[int], i: int, label: Label, dst: list[int], x
 # read from the one op-axis table.
 _SAME_SHAPE = opaxes.UNARY | {op for op, e in opaxes.TABLE.items() if e.kind == "softmax"}
 _BROADCAST = opaxes.ELEMENTWISE - opaxes.UNARY
-_REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare", "ReduceLogSum"}
-_NO_SEQUENCE = {"Shape", "Size", "Constant"}  # outputs carry no sequence axis
+_REDUCE = frozenset(op for op, e in opaxes.TABLE.items() if e.kind in ("reduce", "argreduce"))
 
 
 def _broadcast(p: _Propagation, ins: list[ir.Value | None], out: ir.Value, node) -> None:
@@ -349,248 +348,332 @@ def _broadcast(p: _Propagation, ins: list[ir.Value | None], out: ir.Value, node)
                 p.soft(v, a, out, o, node)
 
 
-def _constraints(p: _Propagation, node: ir.Node) -> bool:
-    """Add the node's constraints; False when the op has no rule."""
-    op = node.op_type
-    ins = list(node.inputs)
-    out = node.outputs[0] if node.outputs else None
+# -- one sequence rule per kind of the op-axis table -------------------------------------------
+# A rule adds the node's constraints between its input and output axes (``eq``: the same label;
+# ``soft``: size-1 axes aligned by broadcasting; ``fixed``: an axis that cannot be a sequence
+# axis). Which kind an op is comes from opaxes.TABLE; an op outside the table has no rule, and a
+# rule returns False where it has none for this node.
+
+
+def _same_axes(p: _Propagation, node: ir.Node, entry) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    s, s_out = _shape(x), _shape(out)
+    if s is not None and s_out is not None and len(s) == len(s_out):
+        for a in range(len(s)):
+            p.eq(x, a, out, a, node)
+
+
+def _elementwise(p: _Propagation, node: ir.Node, entry) -> None:
+    if entry.unary:
+        _same_axes(p, node, entry)
+    else:
+        _broadcast(p, [v for i, v in enumerate(node.inputs) if not entry.is_param(i)], node.outputs[0], node)
+
+
+def _norm(p: _Propagation, node: ir.Node, entry) -> None:
+    ins, out = list(node.inputs), node.outputs[0]
+    s, s_out = _shape(ins[0]), _shape(out)
+    if s is None or s_out is None:
+        return
+    for k in range(len(s)):
+        p.eq(ins[0], k, out, k, node)
+    _broadcast(p, [v for v in ins[1:] if v is not None], out, node)
+
+
+def _matmul(p: _Propagation, node: ir.Node, entry) -> None:
+    (a, b), out = node.inputs[:2], node.outputs[0]
+    sa, sb, s_out = _shape(a), _shape(b), _shape(out)
+    if sa is None or sb is None or s_out is None:
+        return
+    if len(sa) >= 2 and len(sb) >= 2:
+        _broadcast_batch(p, [(a, sa[:-2]), (b, sb[:-2])], out, s_out[:-2], node)
+        p.eq(a, len(sa) - 2, out, len(s_out) - 2, node)
+        p.eq(b, len(sb) - 1, out, len(s_out) - 1, node)
+        p.eq(a, len(sa) - 1, b, len(sb) - 2, node)
+    elif len(sb) == 1:
+        for k in range(len(sa) - 1):
+            p.eq(a, k, out, k, node)
+        p.eq(a, len(sa) - 1, b, 0, node)
+    elif len(sa) == 1:
+        for k in range(len(sb) - 2):
+            p.eq(b, k, out, k, node)
+        p.eq(b, len(sb) - 1, out, len(s_out) - 1, node)
+        p.eq(a, 0, b, len(sb) - 2, node)
+
+
+def _gemm(p: _Propagation, node: ir.Node, entry) -> None:
+    ins, out = list(node.inputs), node.outputs[0]
+    a, b = ins[0], ins[1]
+    ta, tb = attr(node, "transA", 0), attr(node, "transB", 0)
+    p.eq(a, 1 if ta else 0, out, 0, node)
+    p.eq(b, 0 if tb else 1, out, 1, node)
+    p.eq(a, 0 if ta else 1, b, 1 if tb else 0, node)
+    if len(ins) > 2 and ins[2] is not None:
+        _broadcast(p, [ins[2]], out, node)
+
+
+def _conv(p: _Propagation, node: ir.Node, entry) -> None:
+    x, w = node.inputs[0], node.inputs[1]
+    out = node.outputs[0]
+    sx, s_out = _shape(x), _shape(out)
+    if sx is None or s_out is None:
+        return
+    p.eq(x, 0, out, 0, node)
+    p.eq(w, 0, out, 1, node)
+    kernel = list((_shape(w) or [])[2:])
+    strides = attr(node, "strides", [1] * len(kernel))
+    pads = attr(node, "pads", [0] * 2 * len(kernel))
+    if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pads):
+        for k in range(2, len(sx)):
+            p.eq(x, k, out, k, node)
+    else:
+        for k in range(2, len(sx)):
+            p.constraints.append(("fixed", x, k, node))
+
+
+def _transpose(p: _Propagation, node: ir.Node, entry) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    s = _shape(x)
+    if s is None:
+        return
+    perm = attr(node, "perm", list(range(len(s)))[::-1])
+    for j, k in enumerate(perm):
+        p.eq(x, k, out, j, node)
+
+
+def _reshape(p: _Propagation, node: ir.Node, entry) -> None:
+    p.constraints.append(("reshape", node.inputs[0], node.outputs[0], node))
+
+
+def _concat(p: _Propagation, node: ir.Node, entry) -> None:
+    out = node.outputs[0]
     s_out = _shape(out)
-    if node.domain not in ("", "ai.onnx", "com.microsoft"):
-        return False
-    if op in _NO_SEQUENCE:
-        return True
-    if op in _SAME_SHAPE:
-        x = ins[0]
-        s = _shape(x)
-        if s is not None and s_out is not None and len(s) == len(s_out):
-            for a in range(len(s)):
-                p.eq(x, a, out, a, node)
-        return True
-    if op in _BROADCAST:
-        _broadcast(p, ins, out, node)
-        return True
-    if op == "MatMul":
-        a, b = ins
-        sa, sb = _shape(a), _shape(b)
-        if sa is None or sb is None or s_out is None:
-            return True
-        if len(sa) >= 2 and len(sb) >= 2:
-            _broadcast_batch(p, [(a, sa[:-2]), (b, sb[:-2])], out, s_out[:-2], node)
-            p.eq(a, len(sa) - 2, out, len(s_out) - 2, node)
-            p.eq(b, len(sb) - 1, out, len(s_out) - 1, node)
-            p.eq(a, len(sa) - 1, b, len(sb) - 2, node)
-        elif len(sb) == 1:
-            for k in range(len(sa) - 1):
-                p.eq(a, k, out, k, node)
-            p.eq(a, len(sa) - 1, b, 0, node)
-        elif len(sa) == 1:
-            for k in range(len(sb) - 2):
-                p.eq(b, k, out, k, node)
-            p.eq(b, len(sb) - 1, out, len(s_out) - 1, node)
-            p.eq(a, 0, b, len(sb) - 2, node)
-        return True
-    if op == "Gemm":
-        a, b = ins[0], ins[1]
-        ta, tb = attr(node, "transA", 0), attr(node, "transB", 0)
-        p.eq(a, 1 if ta else 0, out, 0, node)
-        p.eq(b, 0 if tb else 1, out, 1, node)
-        p.eq(a, 0 if ta else 1, b, 1 if tb else 0, node)
-        if len(ins) > 2 and ins[2] is not None:
-            _broadcast(p, [ins[2]], out, node)
-        return True
-    if op == "Conv":
-        x, w = ins[0], ins[1]
-        sx = _shape(x)
-        if sx is None or s_out is None:
-            return True
-        p.eq(x, 0, out, 0, node)
-        p.eq(w, 0, out, 1, node)
-        kernel = list((_shape(w) or [])[2:])
-        strides = attr(node, "strides", [1] * len(kernel))
-        pads = attr(node, "pads", [0] * 2 * len(kernel))
-        if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pads):
-            for k in range(2, len(sx)):
-                p.eq(x, k, out, k, node)
-        else:
-            for k in range(2, len(sx)):
-                p.constraints.append(("fixed", x, k, node))
-        return True
-    if op == "Transpose":
-        x = ins[0]
-        s = _shape(x)
-        if s is None:
-            return True
-        perm = attr(node, "perm", list(range(len(s)))[::-1])
-        for j, k in enumerate(perm):
-            p.eq(x, k, out, j, node)
-        return True
-    if op in ("Reshape", "Flatten"):
-        p.constraints.append(("reshape", ins[0], out, node))
-        return True
-    if op == "Concat":
-        if s_out is None:
-            return True
-        axis = norm_axis(attr(node, "axis", 0), len(s_out))
-        for v in ins:
-            if v is None:
-                continue
-            for k in range(len(s_out)):
-                if k != axis:
-                    p.eq(v, k, out, k, node)
+    if s_out is None:
+        return
+    axis = norm_axis(attr(node, "axis", 0), len(s_out))
+    ins = [v for v in node.inputs if v is not None]
+    for v in ins:
+        for k in range(len(s_out)):
+            if k != axis or len(ins) == 1:  # one input: a copy (traced cache updates make them)
+                p.eq(v, k, out, k, node)
+    if len(ins) > 1:
         p.constraints.append(("concat", node))
-        return True
-    if op == "Split":
-        x = ins[0]
-        s = _shape(x)
-        if s is None:
-            return True
-        axis = norm_axis(attr(node, "axis", 0), len(s))
-        for o in node.outputs:
-            for k in range(len(s)):
-                if k != axis:
-                    p.eq(x, k, o, k, node)
-        return True
-    if op == "Slice":
-        x = ins[0]
-        s = _shape(x)
-        if s is None or s_out is None:
-            return True
-        axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(_ints(ins[1]) or [])))
-        axes = [norm_axis(a, len(s)) for a in (axes or [])]
+
+
+def _split(p: _Propagation, node: ir.Node, entry) -> None:
+    x = node.inputs[0]
+    s = _shape(x)
+    if s is None:
+        return
+    axis = norm_axis(attr(node, "axis", 0), len(s))
+    for o in node.outputs:
         for k in range(len(s)):
-            if k not in axes or s[k] == s_out[k]:
-                p.eq(x, k, out, k, node)
-        return True
-    if op == "Gather":
-        data, idx = ins
-        sd, si = _shape(data), _shape(idx)
-        if sd is None or si is None:
-            return True
-        g = norm_axis(attr(node, "axis", 0), len(sd))
-        for k in range(g):
-            p.eq(data, k, out, k, node)
-        for k in range(len(si)):
-            p.eq(idx, k, out, g + k, node)
-        for k in range(g + 1, len(sd)):
-            p.eq(data, k, out, k - 1 + len(si), node)
-        return True
-    if op in ("Unsqueeze", "Squeeze"):
-        x = ins[0]
-        s = _shape(x)
-        if s is None or s_out is None:
-            return True
-        if op == "Unsqueeze":
-            axes = _axes(node, len(s_out)) or []
-            kept = [k for k in range(len(s_out)) if k not in axes]
-            for k_in, k_out in enumerate(kept):
-                p.eq(x, k_in, out, k_out, node)
-            for k in axes:
-                p.constraints.append(("fixed", out, k, node))
-        else:
-            axes = _axes(node, len(s))
-            if axes is None:
-                axes = [k for k in range(len(s)) if s[k] == 1]
-            kept = [k for k in range(len(s)) if k not in axes]
-            for k_out, k_in in enumerate(kept):
-                p.eq(x, k_in, out, k_out, node)
-        return True
-    if op == "Expand":
-        x = ins[0]
-        s = _shape(x)
-        if s is None or s_out is None:
-            return True
-        off = len(s_out) - len(s)
-        for k, size in enumerate(s):
-            if size == s_out[k + off] and size != 1:
-                p.eq(x, k, out, k + off, node)
-            elif size == s_out[k + off] == 1:
-                p.soft(x, k, out, k + off, node)
-        return True
-    if op == "Tile":
-        x = ins[0]
-        reps = _ints(ins[1])
-        s = _shape(x)
-        if s is None or reps is None:
-            return True
-        for k, r in enumerate(reps):
-            if r == 1:
-                p.eq(x, k, out, k, node)
-        return True
-    if op in _REDUCE or op in ("ArgMax", "ArgMin"):
-        x = ins[0]
-        s = _shape(x)
-        if s is None or s_out is None:
-            return True
-        if op in ("ArgMax", "ArgMin"):
-            axes = [norm_axis(attr(node, "axis", 0), len(s))]
-        else:
-            axes = _axes(node, len(s))
-            if axes is None:
-                axes = [] if attr(node, "noop_with_empty_axes", 0) else list(range(len(s)))
-        keep = attr(node, "keepdims", 1)
-        j = 0
-        for k in range(len(s)):
-            if k in axes:
-                if keep:
-                    p.constraints.append(("fixed", out, j, node))
-                    j += 1
-                continue
-            p.eq(x, k, out, j, node)
-            j += 1
-        return True
-    if op in ("LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization"):
-        x = ins[0]
-        s = _shape(x)
-        if s is None or s_out is None:
-            return True
-        for k in range(len(s)):
+            if k != axis:
+                p.eq(x, k, o, k, node)
+
+
+def _slice(p: _Propagation, node: ir.Node, entry) -> None:
+    ins, out = list(node.inputs), node.outputs[0]
+    x = ins[0]
+    s, s_out = _shape(x), _shape(out)
+    if s is None or s_out is None:
+        return
+    axes = _ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(_ints(ins[1]) or [])))
+    axes = [norm_axis(a, len(s)) for a in (axes or [])]
+    for k in range(len(s)):
+        if k not in axes or s[k] == s_out[k]:
             p.eq(x, k, out, k, node)
-        _broadcast(p, [v for v in ins[1:] if v is not None], out, node)
-        return True
-    if op == "RotaryEmbedding":
-        x = ins[0]
-        s = _shape(x)
-        if s is None or s_out is None:
-            return True
-        for k in range(len(s)):
+
+
+def _gather(p: _Propagation, node: ir.Node, entry) -> None:
+    (data, idx), out = node.inputs[:2], node.outputs[0]
+    sd, si = _shape(data), _shape(idx)
+    if sd is None or si is None:
+        return
+    g = norm_axis(attr(node, "axis", 0), len(sd))
+    for k in range(g):
+        p.eq(data, k, out, k, node)
+    for k in range(len(si)):
+        p.eq(idx, k, out, g + k, node)
+    for k in range(g + 1, len(sd)):
+        p.eq(data, k, out, k - 1 + len(si), node)
+
+
+def _gathernd(p: _Propagation, node: ir.Node, entry) -> None:
+    """out = indices axes (but the last) + data axes after the indexed ones; the batch axes are
+    shared by data, indices and output. The indexed data axes are addressed by index values
+    (the plan refuses a change of their size)."""
+    (data, idx), out = node.inputs[:2], node.outputs[0]
+    sd, si = _shape(data), _shape(idx)
+    if sd is None or si is None:
+        return
+    b, k = attr(node, "batch_dims", 0), si[-1]
+    for j in range(b):
+        p.eq(data, j, out, j, node)
+    for j in range(len(si) - 1):
+        p.eq(idx, j, out, j, node)
+    for m in range(b + k, len(sd)):
+        p.eq(data, m, out, len(si) - 1 + m - b - k, node)
+
+
+def _scatternd(p: _Propagation, node: ir.Node, entry) -> None:
+    """out has the data's axes; updates = indices axes (but the last) + data axes after the
+    indexed ones (a cache written at positions: the plan refuses a change of their size)."""
+    (data, idx, upd), out = node.inputs[:3], node.outputs[0]
+    sd, si = _shape(data), _shape(idx)
+    if sd is None or si is None:
+        return
+    for j in range(len(sd)):
+        p.eq(data, j, out, j, node)
+    k = si[-1]
+    for j in range(len(si) - 1):
+        p.eq(idx, j, upd, j, node)
+    for m in range(k, len(sd)):
+        p.eq(data, m, upd, len(si) - 1 + m - k, node)
+
+
+def _unsqueeze(p: _Propagation, node: ir.Node, entry) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    s, s_out = _shape(x), _shape(out)
+    if s is None or s_out is None:
+        return
+    axes = _axes(node, len(s_out)) or []
+    kept = [k for k in range(len(s_out)) if k not in axes]
+    for k_in, k_out in enumerate(kept):
+        p.eq(x, k_in, out, k_out, node)
+    for k in axes:
+        p.constraints.append(("fixed", out, k, node))
+
+
+def _squeeze(p: _Propagation, node: ir.Node, entry) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    s, s_out = _shape(x), _shape(out)
+    if s is None or s_out is None:
+        return
+    axes = _axes(node, len(s))
+    if axes is None:
+        axes = [k for k in range(len(s)) if s[k] == 1]
+    kept = [k for k in range(len(s)) if k not in axes]
+    for k_out, k_in in enumerate(kept):
+        p.eq(x, k_in, out, k_out, node)
+
+
+def _expand(p: _Propagation, node: ir.Node, entry) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    s, s_out = _shape(x), _shape(out)
+    if s is None or s_out is None:
+        return
+    off = len(s_out) - len(s)
+    for k, size in enumerate(s):
+        if size == s_out[k + off] and size != 1:
+            p.eq(x, k, out, k + off, node)
+        elif size == s_out[k + off] == 1:
+            p.soft(x, k, out, k + off, node)
+
+
+def _tile(p: _Propagation, node: ir.Node, entry) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    reps, s = _ints(node.inputs[1]), _shape(x)
+    if s is None or reps is None:
+        return
+    for k, r in enumerate(reps):
+        if r == 1:
             p.eq(x, k, out, k, node)
-        pos = ins[3] if node.domain in ("", "ai.onnx") and len(ins) > 3 else (ins[1] if node.domain == "com.microsoft" else None)
-        if pos is not None and _shape(pos) is not None and len(_shape(pos)) == 2:
-            seq_axis = 2 if len(s) == 4 else 1
-            p.eq(pos, 0, x, 0, node)
-            p.eq(pos, 1, x, seq_axis, node)
-        return True
-    if op == "Attention" and node.domain in ("", "ai.onnx"):
-        q, k, v = ins[0], ins[1], ins[2]
-        sq = _shape(q)
-        if sq is None or len(sq) != 4:
-            return False
-        y = node.outputs[0]
-        p.eq(q, 0, y, 0, node)
-        p.eq(q, 2, y, 2, node)
-        p.eq(k, 2, v, 2, node)
-        p.eq(k, 0, q, 0, node)
-        past_k = ins[4] if len(ins) > 4 else None
-        past_v = ins[5] if len(ins) > 5 else None
-        present = [o for o in node.outputs[1:3]]
-        key_axis_source = (present[0] if present and present[0] is not None else None) if past_k is not None else k
-        if past_k is not None:
-            for pv, new, pres in ((past_k, k, present[0] if present else None), (past_v, v, present[1] if len(present) > 1 else None)):
-                p.constraints.append(("seed", pv, 2, Label("P"), node))
-                p.constraints.append(("seed", new, 2, Label("S"), node))
-                if pres is not None:
-                    p.constraints.append(("seed", pres, 2, Label("T"), node))
-        mask = ins[3] if len(ins) > 3 else None
-        sm = _shape(mask)
-        if sm is not None and len(sm) >= 2:
-            if sm[-2] == sq[2] and sq[2] != 1:
-                p.eq(mask, len(sm) - 2, q, 2, node)
-            elif sm[-2] == sq[2] == 1:
-                p.soft(mask, len(sm) - 2, q, 2, node)
-            if key_axis_source is not None:
-                p.eq(mask, len(sm) - 1, key_axis_source, 2, node)
-        return True
-    return False
+
+
+def _reduce(p: _Propagation, node: ir.Node, entry) -> None:
+    x, out = node.inputs[0], node.outputs[0]
+    s, s_out = _shape(x), _shape(out)
+    if s is None or s_out is None:
+        return
+    if entry.kind == "argreduce":
+        axes = [norm_axis(attr(node, "axis", 0), len(s))]
+    else:
+        axes = _axes(node, len(s))
+        if axes is None:
+            axes = [] if attr(node, "noop_with_empty_axes", 0) else list(range(len(s)))
+    keep = attr(node, "keepdims", 1)
+    j = 0
+    for k in range(len(s)):
+        if k in axes:
+            if keep:
+                p.constraints.append(("fixed", out, j, node))
+                j += 1
+            continue
+        p.eq(x, k, out, j, node)
+        j += 1
+
+
+def _rotary(p: _Propagation, node: ir.Node, entry) -> None:
+    ins = list(node.inputs)
+    x, out = ins[0], node.outputs[0]
+    s, s_out = _shape(x), _shape(out)
+    if s is None or s_out is None:
+        return
+    for k in range(len(s)):
+        p.eq(x, k, out, k, node)
+    pos = ins[3] if node.domain in ("", "ai.onnx") and len(ins) > 3 else (ins[1] if node.domain == "com.microsoft" else None)
+    if pos is not None and _shape(pos) is not None and len(_shape(pos)) == 2:
+        seq_axis = 2 if len(s) == 4 else 1
+        p.eq(pos, 0, x, 0, node)
+        p.eq(pos, 1, x, seq_axis, node)
+
+
+def _attention(p: _Propagation, node: ir.Node, entry) -> bool | None:
+    ins = list(node.inputs)
+    q, k, v = ins[0], ins[1], ins[2]
+    sq = _shape(q)
+    if node.domain not in ("", "ai.onnx") or sq is None or len(sq) != 4:
+        return False  # the com.microsoft contrib op, or a 3-D layout: no rule
+    y = node.outputs[0]
+    p.eq(q, 0, y, 0, node)
+    p.eq(q, 2, y, 2, node)
+    p.eq(k, 2, v, 2, node)
+    p.eq(k, 0, q, 0, node)
+    past_k = ins[4] if len(ins) > 4 else None
+    past_v = ins[5] if len(ins) > 5 else None
+    present = [o for o in node.outputs[1:3]]
+    key_axis_source = (present[0] if present and present[0] is not None else None) if past_k is not None else k
+    if past_k is not None:
+        for pv, new, pres in ((past_k, k, present[0] if present else None), (past_v, v, present[1] if len(present) > 1 else None)):
+            p.constraints.append(("seed", pv, 2, Label("P"), node))
+            p.constraints.append(("seed", new, 2, Label("S"), node))
+            if pres is not None:
+                p.constraints.append(("seed", pres, 2, Label("T"), node))
+    mask = ins[3] if len(ins) > 3 else None
+    sm = _shape(mask)
+    if sm is not None and len(sm) >= 2:
+        if sm[-2] == sq[2] and sq[2] != 1:
+            p.eq(mask, len(sm) - 2, q, 2, node)
+        elif sm[-2] == sq[2] == 1:
+            p.soft(mask, len(sm) - 2, q, 2, node)
+        if key_axis_source is not None:
+            p.eq(mask, len(sm) - 1, key_axis_source, 2, node)
+
+
+def _no_constraint(p: _Propagation, node: ir.Node, entry) -> None:
+    """The output axes are made from parameters (Range, ConstantOfShape: the plan rewrites
+    them), carry no data axis (Shape, Size, Constant), or are worked along in a way that the
+    plan refuses on a sequence axis (CumSum, Trilu)."""
+
+
+_RULES = {
+    opaxes.ELEMENTWISE_KIND: _elementwise, "softmax": _same_axes, "norm": _norm, "cumsum": _same_axes,
+    "trilu": _same_axes, "rotary": _rotary, "reshape": _reshape, "unsqueeze": _unsqueeze,
+    "squeeze": _squeeze, "transpose": _transpose, "expand": _expand, "tile": _tile, "concat": _concat,
+    "split": _split, "slice": _slice, "gather": _gather, "reduce": _reduce, "argreduce": _reduce,
+    "matmul": _matmul, "gemm": _gemm, "conv": _conv, "gathernd": _gathernd, "scatternd": _scatternd,
+    "attention": _attention, "range": _no_constraint, "fill": _no_constraint, "nodata": _no_constraint,
+}
+
+
+def _constraints(p: _Propagation, node: ir.Node) -> bool:
+    """Add the node's constraints from its entry in the op-axis table; False when the op is
+    not in the table (a sequence axis reaching it refuses the rebuild)."""
+    entry = opaxes.lookup(node)
+    if entry is None:
+        return False
+    return _RULES[entry.kind](p, node, entry) is not False
 
 
 def _broadcast_batch(p, operands, out, s_out, node) -> None:
@@ -894,9 +977,21 @@ def _plan_node(node: ir.Node, prop: _Propagation, new_shape, plan: _Plan, report
         if sum(s[axis] for s in n_ins) != n_out[axis]:
             raise TokensError("a Concat along a sequence axis that is not the cache concatenation", node)
         return
-    if op in ("Squeeze", "Gather", "Trilu") or op in _REDUCE:
-        if op == "Trilu":
-            raise TokensError("Trilu on a sequence axis (its offset is relative to the shape)", node)
+    if op in ("GatherND", "ScatterND"):
+        s_data, s_idx = _shape(ins[0]), _shape(ins[1])
+        if s_data is not None and s_idx is not None:
+            b = attr(node, "batch_dims", 0) if op == "GatherND" else 0
+            n_data = new_shape(ins[0])
+            for a in range(b, b + s_idx[-1]):
+                if n_data[a] != s_data[a]:
+                    raise TokensError(f"a {op} addresses positions of a sequence axis whose size the rebuild changes (axis {a}: {s_data[a]} -> {n_data[a]})", node)
+        return
+    if op in ("CumSum", "Trilu"):
+        if new_shape(ins[0]) != _shape(ins[0]):
+            what = "its sums run along the axis" if op == "CumSum" else "its offset is relative to the shape"
+            raise TokensError(f"{op} on a sequence axis whose size the rebuild changes ({what})", node)
+        return
+    if op in ("Squeeze", "Gather") or op in _REDUCE:
         s_in = _shape(ins[0])
         if op == "Squeeze":
             axes = _axes(node, len(s_in))
@@ -906,7 +1001,7 @@ def _plan_node(node: ir.Node, prop: _Propagation, new_shape, plan: _Plan, report
                     raise TokensError("a sequence axis of size 1 is squeezed away; the rebuilt model would need it", node)
         if op == "Gather":
             g = norm_axis(attr(node, "axis", 0), len(s_in))
-            if _labeled(prop, ins[0], g) is not None and is_const(ins[1]):
+            if _labeled(prop, ins[0], g) is not None and is_const(ins[1]) and new_shape(ins[0])[g] != s_in[g]:
                 raise TokensError("a Gather with constant indices along a sequence axis", node)
         return
     if op == "Pad" or op == "Resize" or op == "Upsample":

@@ -19,6 +19,8 @@ An entry says:
   LayerNormalization's mean and inverse deviation); other outputs stop a walk.
 - ``forward``: the op may be walked downward between the attention core and the point where
   the heads are merged back into channels (layout ops and value-preserving casts only).
+- ``heads``: the head walk sees through the op (False: only the tokens rebuild follows the
+  sequence axis through it; the head walk stops with "no rule for <op>" as before).
 
 Kinds (input 0 is the data unless the kind says otherwise):
   elementwise  output axes = the numpy broadcast of the data inputs (unary ops, binary and
@@ -35,6 +37,15 @@ Kinds (input 0 is the data unless the kind says otherwise):
   gather       the indexed axis is replaced by the index's axes
   reduce       the reduced axes become size 1 (keepdims) or disappear
   matmul       batch axes broadcast, [.., M, K] x [.., K, N] -> [.., M, N]
+Kinds only the tokens rebuild reads (``heads=False``):
+  gemm / conv  rows of A / the batch (and 1x1 spatial axes) pass through to the output
+  gathernd / scatternd   GatherND: the index axes (but the last) then the data axes after
+               the indexed ones; ScatterND: the output has the data's axes, the updates' axes
+               are the index axes (but the last) then the data axes after the indexed ones
+  attention    the opset-23 Attention op (past inputs are the cache)
+  range / fill an output axis made from scalars or a shape operand (Range, ConstantOfShape)
+  nodata       the outputs carry no axis of the data (Shape, Size, Constant)
+  argreduce    ArgMax / ArgMin: ``axis`` becomes size 1 (keepdims) or disappears
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ class OpAxes:
     scalar_params: bool = False
     outputs: tuple[int, ...] | None = (0,)  # None: every output
     forward: bool = False
+    heads: bool = True
     unary: bool = False  # elementwise with one data input: the output has exactly its axes
 
     def is_param(self, index: int) -> bool:
@@ -112,12 +124,30 @@ TABLE: dict[str, OpAxes] = {
         "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceL2")},
     # -- contraction -------------------------------------------------------------------
     "MatMul": OpAxes("matmul"),
+    # -- seen through by the tokens rebuild only (heads=False) ---------------------------
+    **{n: OpAxes("reduce", params=(1,), heads=False) for n in (
+        "ReduceProd", "ReduceL1", "ReduceLogSumExp", "ReduceLogSum")},
+    "ArgMax": OpAxes("argreduce", heads=False),
+    "ArgMin": OpAxes("argreduce", heads=False),
+    "SkipLayerNormalization": OpAxes("norm", heads=False),
+    "SkipSimplifiedLayerNormalization": OpAxes("norm", heads=False),
+    "Gemm": OpAxes("gemm", heads=False),
+    "Conv": OpAxes("conv", params=(1, 2), heads=False),
+    "GatherND": OpAxes("gathernd", heads=False),  # the indices (input 1) are data
+    "ScatterND": OpAxes("scatternd", heads=False),
+    "Attention": OpAxes("attention", outputs=None, heads=False),
+    "Range": OpAxes("range", params=(0, 1, 2), heads=False),
+    "ConstantOfShape": OpAxes("fill", params=(0,), heads=False),
+    "Shape": OpAxes("nodata", heads=False),
+    "Size": OpAxes("nodata", heads=False),
+    "Constant": OpAxes("nodata", heads=False),
 }
 
 # Ops from these domains are looked up in the table; any other domain stops the walk.
 DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 ELEMENTWISE: frozenset[str] = frozenset(op for op, e in TABLE.items() if e.kind == ELEMENTWISE_KIND)
+HEADS: frozenset[str] = frozenset(op for op, e in TABLE.items() if e.heads)
 UNARY: frozenset[str] = frozenset(op for op in ELEMENTWISE if TABLE[op].unary)
 FORWARD: frozenset[str] = frozenset(op for op, e in TABLE.items() if e.forward)
 
@@ -139,4 +169,4 @@ def data_inputs(node: ir.Node, entry: OpAxes) -> list[int]:
     return [i for i, v in enumerate(node.inputs) if v is not None and not entry.is_param(i)]
 
 
-__all__ = ["OpAxes", "TABLE", "DOMAINS", "ELEMENTWISE", "UNARY", "FORWARD", "lookup", "kind_of", "data_inputs"]
+__all__ = ["OpAxes", "TABLE", "DOMAINS", "ELEMENTWISE", "HEADS", "UNARY", "FORWARD", "lookup", "kind_of", "data_inputs"]

@@ -380,7 +380,7 @@ def backward(node: ir.Node, out_index: int, out: Layout) -> RuleResult:
     if node.domain not in opaxes.DOMAINS:
         raise Unsupported(f"op {node.domain}::{node.op_type} is from an unknown domain")
     entry = opaxes.lookup(node)
-    if entry is None:
+    if entry is None or not entry.heads:
         raise Unsupported(f"no rule for {node.op_type}")
     if entry.kind == "split":
         return _split(node, out, out_index)

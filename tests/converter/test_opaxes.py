@@ -123,8 +123,11 @@ def test_one_elementwise_set_is_read_by_every_walk():
 
     assert not hasattr(rules, "ELEMENTWISE")
     # Every kind in the table has exactly one rule.
-    kinds = {e.kind for e in opaxes.TABLE.values()} - {"elementwise", "split"}
+    kinds = {e.kind for e in opaxes.TABLE.values() if e.heads} - {"elementwise", "split"}
     assert kinds == set(rules._BY_KIND)
+    # ... and every kind has exactly one rule in the tokens rebuild (it follows the sequence
+    # axis through the ops of the table only).
+    assert {e.kind for e in opaxes.TABLE.values()} == set(ar_tokens._RULES)
 
 
 def _with_shrink_on_the_query_path(model: onnx.ModelProto) -> None:

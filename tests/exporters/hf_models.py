@@ -8,6 +8,7 @@ opset and the attention implementation (eager or sdpa).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,19 @@ class ExportCase:
     layers: int = 2
     heads: int = 4
     decode: bool = False  # one new token with a KV cache (past_key_values in, present out)
+    tokens: int = 1  # decode: new tokens per step
+    past: int = 5  # decode: cached positions
+
+    def at(self, tokens: int, past: int) -> ExportCase:
+        """The same model (same seed, same weights) exported for another decode step shape."""
+        return dataclasses.replace(self, tokens=tokens, past=past)
 
     @property
     def id(self) -> str:
         extra = "-".join(f"{k}{v}" for k, v in sorted(self.overrides.items()))
         mode = "-decode" if self.decode else ""
+        if self.decode and (self.tokens, self.past) != (1, PAST):
+            mode += f"-t{self.tokens}p{self.past}"
         return f"{self.arch}-{'dynamo' if self.dynamo else 'ts'}{self.opset}-{self.attn}{mode}" + (f"-{extra}" if extra else "")
 
 
@@ -101,7 +110,8 @@ PAST = 5
 
 
 def _export_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]:
-    """One decoding step: input_ids [B, 1], attention_mask [B, P + 1], past key/values."""
+    """One decoding step: input_ids [B, T], attention_mask [B, P + T], past key/values
+    [B, kv, P, D] (T = case.tokens, P = case.past)."""
     import torch
     from transformers import DynamicCache
 
@@ -126,9 +136,9 @@ def _export_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]
             return (out.logits, *flat)
 
     rng = np.random.default_rng(0)
-    ids = rng.integers(1, VOCAB, (BATCH, 1)).astype(np.int64)
-    mask = np.ones((BATCH, PAST + 1), np.int64)
-    past = [rng.standard_normal((BATCH, kv, PAST, d)).astype(np.float32) for _ in range(2 * layers)]
+    ids = rng.integers(1, VOCAB, (BATCH, case.tokens)).astype(np.int64)
+    mask = np.ones((BATCH, case.past + case.tokens), np.int64)
+    past = [rng.standard_normal((BATCH, kv, case.past, d)).astype(np.float32) for _ in range(2 * layers)]
     names = ["input_ids", "attention_mask"] + [f"past_{k}_{i}" for i in range(layers) for k in ("key", "value")]
     outputs = ["logits"] + [f"present_{k}_{i}" for i in range(layers) for k in ("key", "value")]
     dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"}}
