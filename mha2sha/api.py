@@ -34,7 +34,6 @@ from mha2sha.graph.io import (
 )
 from mha2sha.outputs import OutputTransaction, disk_full, write_text
 from mha2sha.passes.cleanup import cleanup
-from mha2sha.passes.linear_to_conv import ConvRecord, linear_to_conv
 from mha2sha.pipeline import BlockReport, SplitResult, _all_names, split_model
 from mha2sha.progress import Progress
 
@@ -212,22 +211,9 @@ def default_name(model_path: Path, *, conv: bool, kv_cache: bool) -> str:
     return stem + ("_conv" if conv else "") + ("_kvcache" if kv_cache else "") + "_sha"
 
 
-def name_mapping(split: SplitResult, conv: ConvRecord | None) -> dict:
-    """``{"activation_encodings": {mha: [sha...]}, "param_encodings": {mha: [sha...]}}``."""
-    activations: dict[str, list[str]] = {}
-    params: dict[str, list[str]] = {}
-    for record in split.records:
-        for original, pieces in record.activations.items():
-            activations.setdefault(original, [])
-            activations[original].extend(p for p in pieces if p not in activations[original])
-        for ps in record.params:
-            params.setdefault(ps.source, [])
-            if ps.target not in params[ps.source]:
-                params[ps.source].append(ps.target)
-    if conv is not None:
-        for original, new in conv.activations.items():
-            activations.setdefault(original, []).extend(new)
-    return {"activation_encodings": activations, "param_encodings": params}
+def name_mapping(split: SplitResult) -> dict:
+    """``{"activation_encodings": {mha: [sha...]}, "param_encodings": {mha: [sha...]}}`` (the ledger's)."""
+    return split.ledger.name_mapping()
 
 
 def inspect(model_path: str | Path, *, allow_hard_links: bool = False) -> list[BlockReport]:
@@ -340,26 +326,31 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
                                        f"cannot be given per head: {first['reason']}"
                                        + (f" (and {len(split.whole_caches) - 1} more)" if len(split.whole_caches) > 1 else ""))
         conv_record = None
+        ledger = split.ledger
         if opts.replace_linear_with_conv:
             stage = "linear to conv"
-            conv_record = linear_to_conv(model, _all_names(model.graph), encoded=_encoded_names(encodings, split))
+            from mha2sha.passes import linear_to_conv
+
+            conv_record = linear_to_conv.run(model, ledger, encoded=_encoded_names(encodings, ledger)).report
             cleanup(model)
         if opts.head_major_cache_io and opts.per_head_cache_io:
-            from mha2sha.passes.head_major_io import head_major_cache_io
+            from mha2sha.passes import head_major_io
 
-            report["head_major_cache_io"] = head_major_cache_io(model, split.records)
-            report["head_major_cache_io_kept"] = [
-                [orig, "the original cache tensor is still read outside the split blocks (or another block splits it): kept per head"]
-                for r in split.records for orig, sp in r.io_splits.items() if sp.graph_layout == "pieces"]
+            moved = head_major_io.run(model, ledger).report
+            report["head_major_cache_io"] = moved["rewritten"]
+            report["head_major_cache_io_kept"] = moved["kept"]
             cleanup(model)
         if opts.optimize_o_proj:
             stage = "optimize o_proj"
-            report["optimize_o_proj"] = _optimize_o_proj(model, split, encodings, original_names)
+            from mha2sha.passes import o_proj
+
+            report["optimize_o_proj"] = o_proj.run(model, ledger, encoded=set(encodings.tensors) if encodings is not None else set(),
+                                                   original_names=original_names).report
         kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
         name = safe_output_name(opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache))
-        from mha2sha.correspondence import correspondence_from_split
+        from mha2sha.correspondence import correspondence_from_ledger
 
-        specs = correspondence_from_split(split.records, split.converted, source=f"mha2sha {_version()}")
+        specs = correspondence_from_ledger(ledger, split.converted, source=f"mha2sha {_version()}")
         if verifier is not None and specs.blocks:
             stage = "verify"
             verifier.prepare(specs, model, expect_encodings=encodings is not None)
@@ -371,7 +362,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
                                                  observer=verifier if specs.blocks else None)
         report["write"] = write_stats
         timings["save"] = time.perf_counter() - t0
-        mapping = name_mapping(split, conv_record)
+        mapping = ledger.name_mapping()
         _write_correspondence(staged, specs)
         with open(staged.path(MAPPING_FILE), "w") as fh:
             json.dump(mapping, fh, indent=1, sort_keys=True)
@@ -389,7 +380,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             from mha2sha.encodings.propagate import propagate
 
             original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links, validate=False).model
-            sha_encodings, summary = propagate(encodings, original_model, model, split, conv_record)
+            sha_encodings, summary = propagate(encodings, original_model, model, ledger)
             report["encodings"] = summary
             encodings_file = f"{name}.encodings"
             write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
@@ -405,8 +396,8 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             from mha2sha.lora_adaptors import convert_adaptors
 
             original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links, validate=False).model
-            adaptors = convert_adaptors(adaptor_specs, staged, original=original_model, converted=model, split=split,
-                                        conv=conv_record, encodings_version=opts.encodings_version)
+            adaptors = convert_adaptors(adaptor_specs, staged, original=original_model, converted=model, ledger=ledger,
+                                        encodings_version=opts.encodings_version)
             report["lora_adaptors"] = {
                 "adaptors": [{"name": a.name, "tensors": len(a.tensors), "cast_to_model_dtype": a.cast,
                               "encodings": a.encodings_summary, **({"peft": a.peft} if a.peft else {})} for a in adaptors.adaptors],
@@ -523,37 +514,6 @@ def _report_paths(placed: dict[str, Path]) -> dict[str, Path]:
     return {kind: placed[name] for kind, name in kinds.items() if name in placed}
 
 
-def _optimize_o_proj(model: ir.Model, split: SplitResult, encodings, original_names: set[str]) -> dict:
-    """--optimize-o-proj on every converted block. A block's output moves to the Conv input
-    (or, when linear->conv created that tensor, to the first tensor after it that the
-    original model has too), so that verification compares the same tensor in both."""
-    from mha2sha.passes.o_proj import optimize_o_proj
-
-    values = {o.name: o for node in model.graph for o in node.outputs}
-    merges, owner = [], {}
-    for record in split.records:
-        for name in record.outputs:
-            producer = values[name].producer() if name in values else None
-            if producer is not None and producer.op_type == "Concat":
-                merges.append(producer)
-                owner[name] = record
-    result = optimize_o_proj(model, merges, encoded=set(encodings.tensors) if encodings is not None else set())
-    values = {o.name: o for node in model.graph for o in node.outputs}
-    for merged, conv_input in result.rewritten:
-        record = owner[merged]
-        value = values[conv_input]
-        while value.name not in original_names:
-            uses = list(value.uses())
-            if len(uses) != 1 or not uses[0].node.outputs:
-                raise RuntimeError(f"--optimize-o-proj: no tensor of the original model after {conv_input!r} to verify the block at")
-            value = uses[0].node.outputs[0]
-        record.outputs = [value.name if n == merged else n for n in record.outputs]
-    for merged, why in result.kept:
-        log.info("--optimize-o-proj: %s kept: %s", merged, why)
-    cleanup(model)
-    return {"rewritten": [m for m, _ in result.rewritten], "kept": [list(k) for k in result.kept]}
-
-
 def _read_encodings(path):
     if path is None:
         return None
@@ -567,15 +527,14 @@ def _read_encodings(path):
         raise InputError(None, str(exc)) from None
 
 
-def _encoded_names(encodings, split: SplitResult) -> set[str]:
+def _encoded_names(encodings, ledger) -> set[str]:
     """Tensors of the SHA model that will carry an encoding: encoded MHA tensors and their pieces."""
     if encodings is None:
         return set()
     names = set(encodings.tensors)
-    for record in split.records:
-        for original, pieces in record.activations.items():
-            if original in names:
-                names.update(pieces)
+    for original, pieces in ledger.pieces().items():
+        if original in names:
+            names.update(pieces)
     return names
 
 

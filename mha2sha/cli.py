@@ -207,9 +207,10 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    from fuzz import examples
     from mha2sha.demo import run_demo
 
-    return run_demo(args.output, args.example)
+    return run_demo(args.output, args.example, examples)
 
 
 def _terminate_like_interrupt() -> None:

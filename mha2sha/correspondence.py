@@ -6,29 +6,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mha2sha.ledger import Ledger
 from verify.correspondence import BlockCorrespondence, CacheSplit, Correspondence
 
 
-def correspondence_from_split(records, blocks, *, source: str = "mha2sha") -> Correspondence:
-    """One block per split record (``records`` and the converted ``blocks`` in the same order).
+def correspondence_from_ledger(ledger: Ledger, blocks, *, source: str = "mha2sha") -> Correspondence:
+    """One block per split block of the ledger (``ledger.blocks()`` and the converted
+    ``blocks`` (BlockReport) in the same order).
 
-    A record names the block by SHA tensors; a per-head cache piece stands for a slice of the
-    original input/output (``record.io_splits``), every other name is the same in both models.
+    The ledger names the block by SHA tensors; a per-head cache piece stands for a slice of the
+    original input/output (its ``CacheSplit``), every other name is the same in both models.
     A head-major cache (``--kv-cache-io head-major``) is one graph tensor under the original
     name holding the pieces stacked in head order: the block reads and writes that tensor."""
     out = []
-    for rec, block in zip(records, blocks):
+    for view, block in zip(ledger.blocks(), blocks):
         splits, pieces = [], set()
-        for orig, s in rec.io_splits.items():
+        for s in view.cache_splits:
             pieces.update(s.names)
             if s.graph_layout == "head_major":
-                splits.append(CacheSplit(orig, s.kind, s.axis, [orig], sorted(s.indices), layout="head_major"))
+                splits.append(CacheSplit(s.original, s.kind, s.axis, [s.original], sorted(s.indices), layout="head_major"))
             else:
-                splits.append(CacheSplit(orig, s.kind, s.axis, list(s.names), list(s.indices)))
+                splits.append(CacheSplit(s.original, s.kind, s.axis, list(s.names), list(s.indices)))
         out.append(BlockCorrespondence(
-            name=rec.block,
-            inputs=[[n, n] for n in rec.inputs if n not in pieces],
-            outputs=[[n, n] for n in rec.outputs if n not in pieces],
+            name=view.name,
+            inputs=[[n, n] for n in view.inputs if n not in pieces],
+            outputs=[[n, n] for n in view.outputs if n not in pieces],
             cache_splits=splits, heads=block.heads, kv_heads=block.kv_heads, head_dim=block.head_dim,
             features=dict(block.features)))
     return Correspondence(out, source=source)
@@ -40,4 +42,4 @@ def block_correspondence(original_path: str | Path, *, allow_hard_links: bool = 
     from mha2sha.pipeline import split_model
 
     split = split_model(load_model(original_path, allow_hard_links=allow_hard_links).model, **split_options)
-    return correspondence_from_split(split.records, split.converted)
+    return correspondence_from_ledger(split.ledger, split.converted)

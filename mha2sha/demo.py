@@ -1,4 +1,8 @@
-"""`make demo`: convert a bundled example model and show its verification report."""
+"""`make demo`: convert a bundled example model and show its verification report.
+
+The examples are fuzz's (``fuzz.examples``); the command line hands the catalogue in, so that
+this module, like the rest of the converter, imports nothing of fuzz (tests/architecture).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import shutil
 from pathlib import Path
 
 
-def run_demo(output: str | Path, example: str = "llama3-tiny") -> int:
-    from fuzz import examples
+def run_demo(output: str | Path, example: str, examples) -> int:
+    """``examples``: the catalogue of bundled examples (``EXAMPLES`` and ``write_example``)."""
     from mha2sha.api import ConvertOptions, convert
     from mha2sha.console import blocks_table, shown_path
     from verify.report import verdict_table

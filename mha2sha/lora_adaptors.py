@@ -395,21 +395,18 @@ def _consumer(value: ir.Value, op_types) -> ir.Node | None:
     return None
 
 
-def build_weight_map(original: ir.Model, converted: ir.Model, split, conv=None, *, names: Iterable[str] | None = None, check: bool = True) -> WeightNameMap:
+def build_weight_map(original: ir.Model, converted: ir.Model, ledger, *, names: Iterable[str] | None = None, check: bool = True) -> WeightNameMap:
     """How each MHA initializer (all of them, or ``names``) becomes SHA initializers,
-    from the split's ParamSlice records and the linear->conv record.
+    from the conversion ledger (mha2sha.ledger: the split's weight slices, linear->conv's relayouts).
 
     ``check``: apply each conversion to the MHA model's own value and compare with the
     SHA model's initializer (raises ValueError on a difference: the records do not describe
     what the converter did)."""
     before = _initializer_values(original)
     after = _initializer_values(converted)
-    slices: dict[str, list] = {}
-    for record in split.records:
-        for ps in record.params:
-            slices.setdefault(ps.source, []).append(ps)
-    conv_weights = dict(conv.weights) if conv is not None else {}
-    conv_biases = dict(conv.biases) if conv is not None else {}
+    slices = ledger.weight_slices()
+    conv_weights = {w: (r.target, r.old_axis, r.new_axis) for w, r in ledger.relayouts().items()}
+    conv_biases = ledger.renamed()
     wanted = list(before) if names is None else list(names)
     out = WeightNameMap()
     for name in wanted:
@@ -518,17 +515,24 @@ def convert_adaptor_tensors(name: str, tensors: Mapping[str, np.ndarray], weight
     return ConvertedAdaptor(name, out, list(tensors), cast)
 
 
-def convert_adaptors(adaptors: str | os.PathLike | list[AdaptorSpec], output, *, original: ir.Model, converted: ir.Model, split, conv=None, encodings_version: str | None = None) -> AdaptorConversion:
+def convert_adaptors(adaptors: str | os.PathLike | list[AdaptorSpec], output, *, original: ir.Model, converted: ir.Model, split=None, conv=None,
+                     encodings_version: str | None = None, ledger=None) -> AdaptorConversion:
     """Convert every adaptor of a YAML list (or of ``adaptors`` given as specs) to the SHA
     model and write the files described in the module docstring into ``output``: a
     ``mha2sha.graph.io.StagedOutput`` (the caller commits it with the model) or a folder
     (written atomically here).
 
     ``original``: the MHA model as given to the converter (names and values are read from it);
-    ``converted``, ``split``, ``conv``: the SHA model, the ``SplitResult`` and the
-    linear->conv ``ConvRecord`` (or None) of the conversion.
+    ``converted``, ``ledger``: the SHA model and the conversion's ledger (mha2sha.ledger);
+    or, instead of the ledger, the ``SplitResult`` and the linear->conv ``ConvRecord`` (or None).
     """
     from mha2sha.graph.io import StagedOutput, prepare_output_dir
+
+    if ledger is None:
+        from mha2sha.ledger import Ledger
+        from mha2sha.passes.linear_to_conv import ledger_entries
+
+        ledger = Ledger(list(split.ledger.entries) + (ledger_entries(conv) if conv is not None else []))
 
     specs = read_adaptor_list(adaptors) if not isinstance(adaptors, list) else list(adaptors)
     if not specs:
@@ -557,7 +561,7 @@ def convert_adaptors(adaptors: str | os.PathLike | list[AdaptorSpec], output, *,
             extra = sorted(set(tensors) - keys)[:3]
             raise InputError(spec.weights, f"adaptor {spec.name!r} does not set the same tensors as adaptor {loaded[0][0].name!r} (missing {missing}, extra {extra}); every adaptor must set the same tensors")
     names = sorted(set().union(*(set(t) for _, t in loaded)))
-    weight_map = build_weight_map(original, converted, split, conv, names=names)
+    weight_map = build_weight_map(original, converted, ledger, names=names)
     results: list[ConvertedAdaptor] = []
     for spec, tensors in loaded:
         result = convert_adaptor_tensors(spec.name, tensors, weight_map)
@@ -569,7 +573,7 @@ def convert_adaptors(adaptors: str | os.PathLike | list[AdaptorSpec], output, *,
                 enc = read_encodings(spec.encodings)
             except ValueError as exc:
                 raise InputError(spec.encodings, str(exc)) from None
-            result.encodings, result.encodings_summary = propagate(enc, original, converted, split, conv)
+            result.encodings, result.encodings_summary = propagate(enc, original, converted, ledger)
         results.append(result)
     order = {name: i for i, name in enumerate(converted.graph.initializers)}
     tensor_names = sorted(set().union(*(set(r.tensors) for r in results)), key=lambda n: (order.get(n, len(order)), n))

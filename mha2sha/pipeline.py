@@ -17,6 +17,7 @@ import onnx_ir as ir
 from mha2sha.analysis.discover import Block, BlockError, analyze, find_anchors
 from mha2sha.graph.build import tensor_names
 from mha2sha.graph.ir_utils import describe
+from mha2sha.ledger import Ledger
 from mha2sha.passes.cleanup import cleanup, ensure_sorted, infer_shapes
 from mha2sha.passes.fold import fold_static_shapes
 from mha2sha.split.apply import split_block
@@ -60,11 +61,12 @@ class BlockReport:
 class SplitResult:
     model: ir.Model
     blocks: list[BlockReport]
-    records: list[SplitRecord]
+    records: list[SplitRecord]  # the split's own account; later stages append to ``ledger`` instead
     analysed: list[Block] = field(default_factory=list)
     # KV-cache graph inputs/outputs left whole under per-head cache I/O, with the reason
     # (mha2sha.split.cache_io): [{"tensor", "kind", "block", "reason"}].
     whole_caches: list[dict] = field(default_factory=list)
+    ledger: Ledger = field(default_factory=Ledger)  # what became of every tensor (mha2sha.ledger)
 
     @property
     def converted(self) -> list[BlockReport]:
@@ -79,10 +81,10 @@ def _all_names(graph: ir.Graph) -> set[str]:
     return tensor_names(graph, node_names=True)  # one allocator names the new nodes and values
 
 
-def _drop_split_inputs(model: ir.Model, records: list[SplitRecord]) -> None:
+def _drop_split_inputs(model: ir.Model, ledger: Ledger) -> None:
     """Put per-head cache inputs where the input they replace was, in head order, and drop
     the replaced input once nothing reads it."""
-    splits = {name: s for r in records for name, s in r.io_splits.items() if s.kind == "input"}
+    splits = {s.original: s for s in ledger.cache_splits() if s.kind == "input"}
     if not splits:
         return
     by_name = {v.name: v for v in model.graph.inputs}
@@ -127,8 +129,10 @@ def prepare(model: ir.Model) -> None:
         infer_shapes(model)
 
 
-def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_io: bool = True, heads_per_block: int = 1, requantized=None, progress=None) -> SplitResult:
-    """Find and split every attention block of ``model`` in place.
+def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_io: bool = True, heads_per_block: int = 1, requantized=None, progress=None,
+                ledger: Ledger | None = None) -> SplitResult:
+    """Find and split every attention block of ``model`` in place; what each split did is
+    appended to ``ledger`` (a new one by default; ``SplitResult.ledger``).
 
     ``per_head_cache_io``: KV-cache graph inputs/outputs become one tensor per kv head,
     named ``<original>_h<kv head>`` and laid out as the original without the head axis
@@ -140,10 +144,12 @@ def split_model(model: ir.Model, *, analyse_only: bool = False, per_head_cache_i
     """
     with gc_paused():
         return _split_model(model, analyse_only=analyse_only, per_head_cache_io=per_head_cache_io,
-                            heads_per_block=heads_per_block, requantized=requantized, progress=progress)
+                            heads_per_block=heads_per_block, requantized=requantized, progress=progress,
+                            ledger=ledger if ledger is not None else Ledger())
 
 
-def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool, heads_per_block: int, requantized, progress) -> SplitResult:
+def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool, heads_per_block: int, requantized, progress,
+                 ledger: Ledger) -> SplitResult:
     prepare(model)
     graph = model.graph
     names = _all_names(graph)
@@ -177,7 +183,7 @@ def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool
         try:
             candidates = cache_candidates(block) if per_head_cache_io else []
             records.append(split_block(graph, block, names, per_head_cache_io=per_head_cache_io, requantized=requantized,
-                                       positions=positions))
+                                       positions=positions, ledger=ledger))
             report.converted = True
             caches.extend(candidates)
         except (SplitError, ValueError) as exc:
@@ -189,8 +195,8 @@ def _split_model(model: ir.Model, *, analyse_only: bool, per_head_cache_io: bool
             progress(i + 1, len(anchors))
     if not analyse_only:
         cleanup(model)
-        _drop_split_inputs(model, records)
-    result = SplitResult(model, reports, records, blocks)
+        _drop_split_inputs(model, ledger)
+    result = SplitResult(model, reports, records, blocks, ledger=ledger)
     result.whole_caches = whole_caches(model, caches)
     for c in result.whole_caches:
         log.warning("KV cache %s %s stays whole (%s): %s", c["kind"], c["tensor"], c["block"], c["reason"])

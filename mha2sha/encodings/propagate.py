@@ -1,4 +1,4 @@
-"""Carry the MHA model's encodings onto the SHA model, following the split records.
+"""Carry the MHA model's encodings onto the SHA model, following the conversion ledger.
 
 - A tensor that keeps its name keeps its encoding (the merged attention output, every
   tensor outside the blocks).
@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from mha2sha.encodings.layout import ModelView, channel_axis_of
 from mha2sha.encodings.model import EncodingSet
+from mha2sha.ledger import Ledger
 
 
 def _names(model: ir.Model) -> dict[str, ir.Value]:
@@ -32,8 +33,9 @@ def _names(model: ir.Model) -> dict[str, ir.Value]:
     return values
 
 
-def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, split, conv=None) -> tuple[EncodingSet, dict]:
-    """The SHA model's encodings and a summary of what happened to each input entry."""
+def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, ledger: Ledger) -> tuple[EncodingSet, dict]:
+    """The SHA model's encodings and a summary of what happened to each input entry
+    (a function of the two models and the ledger of the conversion, mha2sha.ledger)."""
     before = _names(original)
     after = _names(converted)
     original_view = ModelView(original)
@@ -44,19 +46,8 @@ def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, s
     def place(name: str) -> None:
         out.tensors[name] = work.tensors[name]
 
-    # Weight slices, by source.
-    slices: dict[str, list] = {}
-    for record in split.records:
-        for ps in record.params:
-            slices.setdefault(ps.source, []).append(ps)
-    pieces: dict[str, list[str]] = {}
-    for record in split.records:
-        for original_name, new in record.activations.items():
-            pieces.setdefault(original_name, [])
-            pieces[original_name].extend(n for n in new if n not in pieces[original_name])
-    if conv is not None:
-        for original_name, new in conv.activations.items():
-            pieces.setdefault(original_name, []).extend(new)
+    slices = ledger.weight_slices()  # by source
+    pieces = ledger.pieces()  # every stage's, the split's first
 
     for name in list(encodings.tensors):
         enc = encodings.tensors[name]
@@ -95,19 +86,19 @@ def propagate(encodings: EncodingSet, original: ir.Model, converted: ir.Model, s
             reason = "the tensor is not in the input model" if name not in before else "the split removed the tensor and nothing stands for it"
             summary["dropped"].append((name, reason))
     # Pieces of pieces: linear->conv layout tensors of per-head outputs.
-    if conv is not None:
-        for source, new in conv.activations.items():
-            if source in out.tensors:
-                for piece in new:
-                    if piece in after and piece not in out.tensors:
-                        work.copy(source, piece)
-                        place(piece)
-                        summary["copied"].append((source, piece))
-        for _weight, (new_name, _old_axis, new_axis) in conv.weights.items():
-            if new_name in out.tensors and new_name in after and after[new_name].const_value is not None:
-                rank = len(after[new_name].const_value.shape)
-                out.tensors[new_name] = work.move_channel_axis(new_name, new_axis, rank=rank)
-                summary["relaid_out"].append(new_name)
+    for source, new in ledger.pieces("linear_to_conv").items():
+        if source in out.tensors:
+            for piece in new:
+                if piece in after and piece not in out.tensors:
+                    work.copy(source, piece)
+                    place(piece)
+                    summary["copied"].append((source, piece))
+    for relayout in ledger.relayouts().values():
+        new_name = relayout.target
+        if new_name in out.tensors and new_name in after and after[new_name].const_value is not None:
+            rank = len(after[new_name].const_value.shape)
+            out.tensors[new_name] = work.move_channel_axis(new_name, relayout.new_axis, rank=rank)
+            summary["relaid_out"].append(new_name)
     # Head merges: a Concat of per-head pieces that all carry one encoding gets it too, unless
     # it has its own. Quantizing values already on that grid changes nothing (numerically the
     # MHA chain), and AIMET ties a Concat's input quantizers to its output's: without it,

@@ -15,29 +15,36 @@ import numpy as np
 import onnx_ir as ir
 
 from mha2sha.graph.build import add_constant
-from mha2sha.split.emit import IOSplit, SplitRecord
+from mha2sha.ledger import CacheLayout, Ledger, PassResult
+
+KEPT_REASON = "the original cache tensor is still read outside the split blocks (or another block splits it): kept per head"
 
 
-def head_major_cache_io(model: ir.Model, records: list[SplitRecord]) -> list[str]:
-    """Rewrite every per-head cache input/output of ``records`` into one head-major tensor
-    named as the original (in place). Returns the names rewritten."""
+def run(model: ir.Model, ledger: Ledger) -> PassResult:
+    """Rewrite every per-head cache input/output of the ledger into one head-major tensor
+    named as the original (in place); appends a ``CacheLayout`` for each. The report:
+    ``{"rewritten": [names], "kept": [[name, reason]]}``."""
     graph = model.graph
     taken = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | {o.name for n in graph for o in n.outputs}
     first = next(iter(graph), None)
     done: list[str] = []
-    for record in records:
-        for orig, split in list(record.io_splits.items()):
-            if split.graph_layout != "pieces" or orig in taken:
-                continue  # the original tensor is still in use: keep the per-head form
-            order = [name for _, name in sorted(zip(split.indices, split.names))]
-            if split.kind == "input":
-                _inputs(graph, orig, order, first)
-            else:
-                _outputs(graph, orig, order)
-            record.io_splits[orig] = IOSplit(split.original, split.kind, split.axis, list(split.names), list(split.indices), "head_major")
-            taken.add(orig)
-            done.append(orig)
-    return done
+    kept: list[list[str]] = []
+    for split in ledger.cache_splits():
+        orig = split.original
+        if split.graph_layout != "pieces":
+            continue
+        if orig in taken:
+            kept.append([orig, KEPT_REASON])  # the original tensor is still in use: keep the per-head form
+            continue
+        order = [name for _, name in sorted(zip(split.indices, split.names))]
+        if split.kind == "input":
+            _inputs(graph, orig, order, first)
+        else:
+            _outputs(graph, orig, order)
+        ledger.append(CacheLayout(split.block, orig, "head_major"))
+        taken.add(orig)
+        done.append(orig)
+    return PassResult(bool(done), {"rewritten": done, "kept": kept})
 
 
 def _inputs(graph: ir.Graph, orig: str, order: list[str], first: ir.Node | None) -> None:

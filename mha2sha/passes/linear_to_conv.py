@@ -202,3 +202,23 @@ def linear_to_conv(model: ir.Model, names: set[str], *, encoded: set[str] | froz
         record.activations[final_name] = [conv_out.name, squeezed.name]
         record.converted += 1
     return record
+
+
+def run(model: ir.Model, ledger, *, encoded: set[str] | frozenset = frozenset()):
+    """The pass as the driver runs it (mha2sha.ledger): converts, then appends what became of
+    each weight, bias and projection output. Returns ``PassResult(changed, ConvRecord)``."""
+    from mha2sha.graph.build import tensor_names
+    from mha2sha.ledger import PassResult
+
+    record = linear_to_conv(model, tensor_names(model.graph, node_names=True), encoded=encoded)
+    ledger.extend(ledger_entries(record))
+    return PassResult(record.converted > 0, record)
+
+
+def ledger_entries(record: ConvRecord) -> list:
+    """A ConvRecord as ledger entries (mha2sha.ledger)."""
+    from mha2sha.ledger import TensorPieces, WeightRelayout, WeightRenamed
+
+    return ([WeightRelayout(w, new, old, axis) for w, (new, old, axis) in record.weights.items()]
+            + [WeightRenamed(b, new) for b, new in record.biases.items()]
+            + [TensorPieces(out, tuple(new), "linear_to_conv") for out, new in record.activations.items()])

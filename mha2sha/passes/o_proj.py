@@ -17,6 +17,7 @@ block where one of those carries an encoding of its own is left as it is too.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,10 @@ import onnx_ir as ir
 
 from mha2sha.graph.build import axes_of
 from mha2sha.graph.ir_utils import attr, const_array, norm_axis
+from mha2sha.ledger import BoundaryMoved, Ledger, PassResult
+
+
+log = logging.getLogger("mha2sha")
 
 
 @dataclass
@@ -45,6 +50,37 @@ class _Chain:
     ops: list[ir.Node]  # the layout ops from the Concat to the Conv input, in order
     reshape_axes: dict[int, int]  # op index -> the heads' axis in that Reshape's target
     channel: int  # the heads' axis in the Conv input
+
+
+def run(model: ir.Model, ledger: Ledger, *, encoded: set[str] = frozenset(), original_names: set[str] = frozenset()) -> PassResult:
+    """--optimize-o-proj on every block of the ledger. A block's output moves to the Conv
+    input (or, when linear->conv created that tensor, to the first tensor after it that the
+    original model has, ``original_names``), so that verification compares the same tensor in
+    both: a ``BoundaryMoved`` entry. The report: ``{"rewritten": [...], "kept": [[merge, why]]}``."""
+    from mha2sha.passes.cleanup import cleanup
+
+    values = {o.name: o for node in model.graph for o in node.outputs}
+    merges, owner = [], {}
+    for block in ledger.blocks():
+        for name in block.outputs:
+            producer = values[name].producer() if name in values else None
+            if producer is not None and producer.op_type == "Concat":
+                merges.append(producer)
+                owner[name] = block.name
+    result = optimize_o_proj(model, merges, encoded=encoded)
+    values = {o.name: o for node in model.graph for o in node.outputs}
+    for merged, conv_input in result.rewritten:
+        value = values[conv_input]
+        while value.name not in original_names:
+            uses = list(value.uses())
+            if len(uses) != 1 or not uses[0].node.outputs:
+                raise RuntimeError(f"--optimize-o-proj: no tensor of the original model after {conv_input!r} to verify the block at")
+            value = uses[0].node.outputs[0]
+        ledger.append(BoundaryMoved(owner[merged], merged, value.name, "optimize_o_proj"))
+    for merged, why in result.kept:
+        log.info("--optimize-o-proj: %s kept: %s", merged, why)
+    cleanup(model)
+    return PassResult(bool(result.rewritten), {"rewritten": [m for m, _ in result.rewritten], "kept": [list(k) for k in result.kept]})
 
 
 def optimize_o_proj(model: ir.Model, merges: list[ir.Node], *, encoded: set[str] = frozenset()) -> OProjReport:

@@ -6,6 +6,7 @@ import onnx_ir as ir
 
 from mha2sha.analysis.discover import Block
 from mha2sha.graph.build import fresh_name
+from mha2sha.ledger import BlockBoundary, CacheSplit, Ledger, TensorPieces, WeightSlice
 from mha2sha.split.emit import BlockSplitter, SplitError, SplitRecord
 
 
@@ -38,8 +39,9 @@ def _rename_for_replacement(value: ir.Value, names: set[str]) -> str:
 
 
 def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cache_io: bool = True, requantized=None,
-                positions: dict[int, int] | None = None) -> SplitRecord:
-    """Rewrite ``block`` into per-head computation; on failure the graph is left unchanged.
+                positions: dict[int, int] | None = None, ledger: Ledger | None = None) -> SplitRecord:
+    """Rewrite ``block`` into per-head computation; on failure the graph is left unchanged
+    (and nothing is appended to ``ledger``).
 
     With ``per_head_cache_io``, KV-cache graph inputs and outputs (graph inputs read on the
     key/value paths, graph outputs written there) become one tensor per kv head.
@@ -112,7 +114,20 @@ def split_block(graph: ir.Graph, block: Block, names: set[str], *, per_head_cach
         splitter.record.outputs.extend(split.names)
     splitter.record.io_splits.update(splitter.io_splits)
     splitter.record.inputs = list(splitter.external_inputs)
+    if ledger is not None:
+        ledger.extend(ledger_entries(splitter.record))
     return splitter.record
+
+
+def ledger_entries(record: SplitRecord) -> list:
+    """What a block's split did, as ledger entries (mha2sha.ledger), in the record's order."""
+    block = record.block
+    entries: list = [TensorPieces(original, tuple(pieces), "split", block) for original, pieces in record.activations.items()]
+    entries += [WeightSlice(p.source, p.target, p.axis, tuple(p.indices), tuple(p.source_shape), block) for p in record.params]
+    entries.append(BlockBoundary(block, tuple(record.inputs), tuple(record.outputs)))
+    entries += [CacheSplit(block, s.original, s.kind, s.axis, tuple(s.names), tuple(s.indices), s.graph_layout)
+                for s in record.io_splits.values()]
+    return entries
 
 
 def _insert(graph: ir.Graph, nodes: list[ir.Node], consumers: list[ir.Node], positions: dict[int, int] | None) -> None:

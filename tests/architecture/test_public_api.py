@@ -1,4 +1,4 @@
-"""The public surfaces of mha2sha and refimpl (docs/architecture.md) are exactly what the
+"""The public surfaces of mha2sha, verify and refimpl (docs/architecture.md) are exactly what the
 packages export, each name resolves, and the packages say they are typed (PEP 561).
 fuzz's surface is pinned in tests/fuzz/test_public_api.py."""
 
@@ -38,6 +38,22 @@ def test_refimpl_exports_exactly_the_documented_names():
     ])
     for name in refimpl.__all__:
         assert getattr(refimpl, name) is not None, name
+
+
+def test_verify_exports_exactly_the_documented_entry_points():
+    import verify
+    from verify import correspondence, derive, report, run
+
+    assert sorted(verify.__all__) == sorted([
+        "verify_models", "derive_correspondence", "Correspondence", "BlockCorrespondence", "CacheSplit",
+        "CorrespondenceError", "read_correspondence", "write_report", "verdict", "verdict_table",
+    ])
+    assert verify.verify_models is run.verify_models and verify.derive_correspondence is derive.derive_correspondence
+    assert verify.read_correspondence is correspondence.read and verify.Correspondence is correspondence.Correspondence
+    assert verify.write_report is report.write_report and verify.verdict_table is report.verdict_table
+    assert set(verify.__all__) <= set(dir(verify))
+    with pytest.raises(AttributeError):
+        verify.not_a_name  # noqa: B018
 
 
 @pytest.mark.parametrize("package", ["mha2sha", "refimpl", "verify"])
