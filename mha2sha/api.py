@@ -211,9 +211,15 @@ def default_name(model_path: Path, *, conv: bool, kv_cache: bool) -> str:
     return stem + ("_conv" if conv else "") + ("_kvcache" if kv_cache else "") + "_sha"
 
 
-def name_mapping(split: SplitResult) -> dict:
-    """``{"activation_encodings": {mha: [sha...]}, "param_encodings": {mha: [sha...]}}`` (the ledger's)."""
-    return split.ledger.name_mapping()
+def name_mapping(split: SplitResult, conv=None) -> dict:
+    """``{"activation_encodings": {mha: [sha...]}, "param_encodings": {mha: [sha...]}}``: the
+    split's ledger, and a linear->conv ``ConvRecord`` run outside the driver (``conv``)."""
+    if conv is None:
+        return split.ledger.name_mapping()
+    from mha2sha.ledger import Ledger
+    from mha2sha.passes.linear_to_conv import ledger_entries
+
+    return Ledger(list(split.ledger.entries) + ledger_entries(conv)).name_mapping()
 
 
 def inspect(model_path: str | Path, *, allow_hard_links: bool = False) -> list[BlockReport]:
