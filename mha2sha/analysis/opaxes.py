@@ -85,7 +85,7 @@ TABLE: dict[str, OpAxes] = {
     **_unary("Neg", "Abs", "Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Relu",
           "Gelu", "Sin", "Cos", "IsNaN", "IsInf", "Not", "Floor", "Ceil", "Round", "Sign",
           "Softplus", "Elu", "Selu", "LeakyRelu", "HardSigmoid", "HardSwish", "Mish", "Silu",
-          "QuickGelu", "BitwiseNot"),
+          "QuickGelu", "BitwiseNot", "Softsign"),
     **_unary("Cast", "Identity", forward=True),
     **_unary("CastLike", params=(1,)),  # input 1 only names the type
     **_unary("Clip", params=(1, 2)),  # bounds are scalars by the spec

@@ -186,3 +186,29 @@ def test_the_report_lists_every_stop_of_the_walk():
     assert block.as_dict()["stops"] == block.stops
     table = blocks_table(result.blocks)
     assert "Shrink(Shrink_k)" in table and "Shrink(Shrink_q)" in table
+
+
+def test_softsign_on_the_query_path_converts_with_its_one_table_entry():
+    """Softsign (x / (1 + |x|)) was added to the head walk by one line in opaxes.TABLE (the
+    unary elementwise group): a graph with it on the query path, after the head split, is
+    converted per head and computes what onnxruntime computes on the original."""
+    assert opaxes.TABLE["Softsign"] == opaxes.OpAxes("elementwise", unary=True)
+    built = build(CONFIG, seed=4)
+    model = built.model
+    scores, _, _ = _core(model)
+    softsign = helper.make_node("Softsign", [scores.input[0]], ["q.softsign"], name="Softsign0")
+    scores.input[0] = "q.softsign"
+    nodes = list(model.graph.node)
+    nodes[nodes.index(scores):nodes.index(scores)] = [softsign]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    feeds = built.make_feeds(2)
+    expected = run_ort(model, feeds)
+    assert not np.allclose(expected["output"], built.reference(feeds)["output"], atol=1e-4)  # Softsign is not a no-op
+    converted, result = convert_built(model)
+    assert [b.converted for b in result.blocks] == [True], [(b.reason, b.stopped_at) for b in result.blocks]
+    assert sum(n.op_type == "Softsign" for n in converted.graph.node) == CONFIG.heads
+    got = merge_outputs(run_ort(converted, sha_feeds(feeds, result)), result)
+    for name in built.output_names:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
