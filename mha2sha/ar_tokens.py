@@ -789,6 +789,8 @@ def rebuild_for_tokens(model: ir.Model, tokens: int, context: int | None = None,
     try:
         _apply_constants(graph, plan, undo)
         for v in list(graph.inputs) + [o for n in graph for o in n.outputs]:
+            if is_const(v):
+                continue  # a constant's readers were given its rebuilt value (the plan)
             shape = new_shape(v)
             if shape is not None and shape != _shape(v):
                 if v in graph.inputs:

@@ -26,16 +26,23 @@ def _reason(layout, space) -> str:
     return "the block reads it in a layout the splitter does not turn into cache tensors"
 
 
+def _carries_heads(layout, space) -> bool:
+    """Whether a tensor holds the heads along an axis of its own data: a cache does; a scalar
+    or per-channel operand on the key/value path (a LoRA alpha input, a scale) is only
+    broadcast over the heads and is no cache, whatever it is called."""
+    return any(not a.broadcast for a in head_atoms(layout, space))
+
+
 def cache_candidates(block) -> list[dict]:
     """Before the split: the graph inputs the block reads and the graph outputs it writes on
     its key/value paths that carry heads, with the reason they would stay whole."""
     out: dict[str, dict] = {}
     for leaf in block.leaves.values():
         value = leaf.value
-        if leaf.path in ("k", "v") and value.is_graph_input() and head_atoms(leaf.layout, block.space) and value.name not in out:
+        if leaf.path in ("k", "v") and value.is_graph_input() and _carries_heads(leaf.layout, block.space) and value.name not in out:
             out[value.name] = {"tensor": value.name, "kind": "input", "block": block.name, "reason": _reason(leaf.layout, block.space)}
     for (value, layout), (inst, _idx) in block.produced.items():
-        if inst.path in ("k", "v") and value.is_graph_output() and head_atoms(layout, block.space) and value.name not in out:
+        if inst.path in ("k", "v") and value.is_graph_output() and _carries_heads(layout, block.space) and value.name not in out:
             out[value.name] = {"tensor": value.name, "kind": "output", "block": block.name, "reason": _reason(layout, block.space)}
     return list(out.values())
 

@@ -302,3 +302,27 @@ def test_the_model_file_is_unchanged_by_adaptor_conversion(tmp_path):
     sha_model, *_ = _convert(tmp_path, built, adaptors=tmp_path / "l.yaml")
     assert built.model.SerializeToString() == before
     onnx.checker.check_model(sha_model)
+
+
+@pytest.mark.parametrize("heads_per_block", [1, 2])
+def test_lora_alpha_input_is_no_kv_cache(heads_per_block, caplog):
+    """A LoRA alpha graph input on the key/value path is broadcast over the heads, not a cache:
+    it is never reported as a cache that stays whole; the real caches are (with --build-ar 2 a
+    block reads two heads of them, so they stay whole, and say so)."""
+    import logging
+
+    from mha2sha.pipeline import split_model
+
+    cfg = AttentionConfig(heads=4, kv_heads=4, lora_rank=2, lora_adaptors=1, lora_alpha_input=True,
+                          past_kv="full", past=3, dynamic=False, mlp=False)
+    model = to_ir(build(cfg, seed=0).model)
+    assert "lora_alpha" in {v.name for v in model.graph.inputs}
+    with caplog.at_level(logging.WARNING):
+        result = split_model(model, heads_per_block=heads_per_block)
+    whole = {c["tensor"] for c in result.whole_caches}
+    assert "lora_alpha" not in whole and "lora_alpha" not in caplog.text
+    if heads_per_block == 1:
+        assert whole == set()
+    else:
+        assert {"past_key_0", "past_value_0"} <= whole <= {"past_key_0", "past_value_0", "present_key_0", "present_value_0"}
+        assert "past_key_0 stays whole" in caplog.text
