@@ -1089,6 +1089,10 @@ def _rebuild_array(arr, s_axis, t_axis, s_old, c_old, s_new, c_new, mask_fill, n
         return None
     if t_axis is None:  # rows only
         rows = np.moveaxis(arr, s_axis, 0)
+        if s_old == 1 and s_new > 1:
+            # One row says nothing about the others: the same for every token (a bias) or a
+            # function of the position (RoPE angles, position ids folded by the exporter).
+            raise TokensError(f"constant {name!r} holds one row for the one token the model was exported for; whether the other {s_new - 1} tokens' rows equal it or depend on their position the model does not show (export for the largest number of tokens you need and rebuild down: fewer tokens keep the last rows)", at)
         if all(np.array_equal(rows[0], r) for r in rows[1:]):
             new = np.repeat(rows[:1], s_new, axis=0)
         elif s_new <= s_old:
