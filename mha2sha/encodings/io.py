@@ -7,7 +7,7 @@ import os
 import secrets
 from pathlib import Path
 
-from mha2sha.encodings import formats
+from mha2sha.encodings import formats, stream
 from mha2sha.encodings.errors import EncodingsError, Problem
 from mha2sha.encodings.formats._render import RenderContext
 from mha2sha.encodings.layout import as_view, bind
@@ -16,58 +16,34 @@ from mha2sha.encodings.model import EncodingSet
 
 def read_encodings(path_or_obj) -> EncodingSet:
     """Read an AIMET encodings file (0.6.1, 1.0.0, 2.0.0, 2.1.0), or an already loaded JSON
-    object, into one EncodingSet. Raises EncodingsError("<path>: <problem>")."""
-    source = None
-    if isinstance(path_or_obj, (str, os.PathLike)):
-        source = str(path_or_obj)
-        doc = _load_json(source)
-    else:
-        doc = path_or_obj
+    object, into one EncodingSet. A file is read entry by entry in bounded memory (see
+    stream.py). Raises EncodingsError("<path>: <problem>")."""
+    if not isinstance(path_or_obj, (str, os.PathLike)):
+        try:
+            return formats.parse(path_or_obj)
+        except Problem as exc:
+            raise EncodingsError(None, str(exc)) from None
+    path = str(path_or_obj)
     try:
-        enc_set = formats.parse(doc)
-    except Problem as exc:
-        raise EncodingsError(source, str(exc)) from None
-    if source is not None:
-        enc_set.source = source
-    return enc_set
-
-
-def _load_json(path: str):
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fh = open(path, "rb")
     except FileNotFoundError:
         raise EncodingsError(path, "encodings file not found") from None
     except OSError as exc:
         raise EncodingsError(path, f"cannot read the encodings file ({exc.strerror or exc})") from None
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
-    except UnicodeDecodeError as exc:
-        raise EncodingsError(path, f"not valid JSON (not UTF-8 text at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise EncodingsError(path, f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
-    except RecursionError:
-        raise EncodingsError(path, "not valid JSON (nested too deeply)") from None
-    except _DuplicateKey as exc:
-        raise EncodingsError(path, f"key {exc.args[0]!r} appears twice in one object (JSON would keep only the last value)") from None
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    """Every version: a key twice in one object (a tensor encoded twice in 0.6.1, a field
-    twice in an entry) is refused, not silently resolved to the last value. dict() in C
-    first; the Python loop only on a mismatch."""
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        seen = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return d
+    with fh:
+        reader = stream.Reader(fh)
+        try:
+            enc_set = formats.parse_items(stream.top_level(reader, formats.SECTIONS))
+        except Problem as exc:
+            raise EncodingsError(path, str(exc)) from None
+        except stream.JsonError as exc:
+            raise EncodingsError(path, f"not valid JSON ({exc})") from None
+        except stream.DuplicateKey as exc:
+            raise EncodingsError(path, f"key {exc.args[0]!r} appears twice in one object (JSON would keep only the last value)") from None
+        except OSError as exc:
+            raise EncodingsError(path, f"cannot read the encodings file ({exc.strerror or exc})") from None
+    enc_set.source = path
+    return enc_set
 
 
 def to_object(enc_set: EncodingSet, *, version: str | None = None, model=None, notes: list[str] | None = None) -> dict:

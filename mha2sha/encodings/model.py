@@ -1,10 +1,11 @@
 """The internal form of an AIMET encodings file: one ``TensorEncoding`` per tensor, whatever
 the file's version, in an ``EncodingSet``.
 
-Numbers are kept exactly as the file wrote them: every list is a numpy *object* array of the
-Python ints and floats the JSON parser produced, so writing the file back in its own version
-gives equal JSON (an int stays an int, a float keeps every bit). Arithmetic uses float views
-(``np.asarray(a, np.float64)``).
+Numbers are kept exactly as the file wrote them, in numpy arrays (``exact``): float64 where
+the file wrote floats, int64 where it wrote ints, an object array of the Python numbers
+where it mixed them, so writing the file back in its own version gives equal JSON (an int
+stays an int, a float keeps every bit; write ``a.tolist()``, never numpy scalars). Arithmetic
+uses float views (``np.asarray(a, np.float64)``).
 
 Layouts (C channels, nb blocks along the input-channel axis):
 
@@ -47,7 +48,23 @@ BLOCKED = ("per_block", "lpbq")
 
 
 def exact(values) -> np.ndarray:
-    """The file's numbers as an object array (nested lists become dimensions)."""
+    """The file's numbers (a number or a regular nested list) as a numpy array that gives
+    them back exactly (``tolist()``): float64 when all are floats, int64 when all are ints
+    that fit, else (ints mixed with floats, huge ints) an object array of the numbers."""
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return values
+    if isinstance(values, list) and values and not isinstance(values[0], list):
+        types = set(map(type, values))  # a flat list (the common case): no object array first
+    else:
+        values = np.asarray(values, dtype=object)
+        types = set(map(type, values.reshape(-1).tolist()))
+    if types == {float}:
+        return np.array(values, dtype=np.float64)
+    if types == {int}:
+        try:
+            return np.array(values, dtype=np.int64)
+        except OverflowError:
+            pass
     return np.array(values, dtype=object)
 
 

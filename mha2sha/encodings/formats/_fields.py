@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 
 from mha2sha.encodings.errors import Problem
@@ -54,24 +56,31 @@ def flag(value, at: str, key: str) -> bool:
 
 
 def numbers(value, at: str, key: str, *, ndim: int | None = None, scalar_ok: bool = False) -> np.ndarray:
-    """A number or a (regularly nested) list of numbers, as an exact object array.
+    """A number or a (regularly nested) list of numbers, as an exact array (model.exact).
 
-    Vectorised: numpy builds the array from the nested lists in C, and one pass of
-    ``type`` over the elements checks them (a 200 MB file holds millions of numbers); the
-    element-by-element walk runs only to name what is wrong."""
+    Vectorised: one pass of ``type`` over the elements in C checks them, numpy builds the
+    array (a 200 MB file holds tens of millions of numbers); the element-by-element walk
+    runs only to name what is wrong."""
     if is_number(value):
         if not scalar_ok:
             raise Problem(f"{at}: {key!r} must be a list of numbers, got {_show(value)}")
         return exact(value)
     if not isinstance(value, list) or not value:
         raise Problem(f"{at}: {key!r} must be {'a number or ' if scalar_ok else ''}a non-empty list of numbers, got {_show(value)}")
-    try:
-        arr = np.array(value, dtype=object)
-    except ValueError:  # ragged in a way numpy refuses
-        arr = None
-    if arr is None or arr.size == 0 or not set(map(type, arr.reshape(-1).tolist())) <= _NUMBER_TYPES:
-        _explain(value, at, key)
-        raise Problem(f"{at}: {key!r} is not a regular nested list of numbers")
+    if not isinstance(value[0], list):
+        if not set(map(type, value)) <= _NUMBER_TYPES:
+            _explain(value, at, key)
+            raise Problem(f"{at}: {key!r} is not a list of numbers")
+        arr = exact(value)
+    else:
+        try:
+            flat = np.array(value, dtype=object)
+        except ValueError:  # ragged in a way numpy refuses
+            flat = None
+        if flat is None or flat.size == 0 or not set(map(type, flat.reshape(-1).tolist())) <= _NUMBER_TYPES:
+            _explain(value, at, key)
+            raise Problem(f"{at}: {key!r} is not a regular nested list of numbers")
+        arr = exact(flat)
     if ndim is not None and arr.ndim != ndim:
         raise Problem(f"{at}: {key!r} must be a {ndim}-D list, got {arr.ndim}-D")
     return arr
@@ -81,15 +90,25 @@ _NUMBER_TYPES = {int, float}
 
 
 def column(channels: list[dict], key: str, at: str) -> np.ndarray:
-    """``key`` of every channel dict (0.6.1) as an exact object array, checked as numbers."""
-    missing = object()
-    values = [d.get(key, missing) for d in channels]
+    """``key`` of every channel dict (0.6.1) as an exact array, checked as numbers (the
+    dicts are read in C: ``map(dict.get, ...)``)."""
+    values = list(map(dict.get, channels, repeat(key)))
     if not set(map(type, values)) <= _NUMBER_TYPES:
-        for v in values:
-            if v is missing:
+        for d, v in zip(channels, values):
+            if key not in d:
                 raise Problem(f"{at}: missing field {key!r}")
             number(v, at, key)
     return exact(values)
+
+
+def same_in_every(channels: list[dict], key: str):
+    """The value of ``key`` if every channel dict has the same one (missing: None), else the
+    index of the first channel that differs from channel 0, as ``(False, k)``."""
+    values = list(map(dict.get, channels, repeat(key)))
+    first = values[0]
+    if values.count(first) == len(values):
+        return True, first
+    return False, next(k for k, v in enumerate(values) if v != first)
 
 
 def _explain(value, at: str, key: str) -> None:

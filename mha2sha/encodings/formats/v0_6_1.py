@@ -9,6 +9,9 @@ Written from other versions: min = offset * scale, max = min + (2^bw - 1) * scal
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
+
 from mha2sha.encodings.errors import Problem
 from mha2sha.encodings.formats import _fields as f
 from mha2sha.encodings.formats._render import KIND_LABELS, RenderContext, unrepresentable
@@ -17,27 +20,25 @@ from mha2sha.encodings.model import BLOCKED, TensorEncoding
 VERSION = "0.6.1"
 SECTIONS = {"activation_encodings": "activation", "param_encodings": "param"}
 _KNOWN = ("bitwidth", "dtype", "is_symmetric", "max", "min", "offset", "scale")
+_KNOWN_SET = frozenset(_KNOWN)
 
 
 # -- reading ------------------------------------------------------------------------------
-def parse(doc: dict) -> dict[str, TensorEncoding]:
-    tensors: dict[str, TensorEncoding] = {}
-    for key, section in SECTIONS.items():
-        entries = doc.get(key, {})
-        if not isinstance(entries, dict):
-            raise Problem(f"{key!r} must be an object mapping tensor names to lists of encodings (0.6.1)")
-        for name, channels in entries.items():
-            if name in tensors:
-                raise Problem(f"tensor {name!r} has an activation and a param encoding")
-            tensors[name] = _entry(name, section, channels, f.where(key, name))
-    return tensors
+def parse_section(key: str, members, tensors: dict[str, TensorEncoding]) -> None:
+    """The pairs (tensor name, list of channel dicts) of section ``key``, into ``tensors``."""
+    section = SECTIONS[key]
+    for name, channels in members:
+        if name in tensors:
+            raise Problem(f"tensor {name!r} has an activation and a param encoding")
+        tensors[name] = _entry(name, section, channels, f.where(key, name))
 
 
 def _entry(name: str, section: str, channels, at: str) -> TensorEncoding:
     if not isinstance(channels, list) or not channels:
         raise Problem(f"{at}: must be a non-empty list of encodings (one per channel)")
-    for d in channels:
-        f.obj(d, at, "encoding")
+    if set(map(type, channels)) != {dict}:
+        for d in channels:
+            f.obj(d, at, "encoding")
     first = channels[0]
     literals, absent = {}, []
     dtype_literal = first.get("dtype", "int")
@@ -49,7 +50,11 @@ def _entry(name: str, section: str, channels, at: str) -> TensorEncoding:
     if dtype not in ("int", "float"):
         raise Problem(f"{at}: 'dtype' must be \"int\" or \"float\", got {dtype_literal!r}")
     style = {"version": VERSION, "literals": literals, "absent": absent}
-    extras = tuple({k: v for k, v in d.items() if k not in _KNOWN} for d in channels)
+    # Unknown fields of each channel's dict (None when there are none: the common case,
+    # found in C by the union of every dict's keys).
+    extras = None
+    if not set().union(*channels) <= _KNOWN_SET:
+        extras = tuple({k: v for k, v in d.items() if k not in _KNOWN_SET} for d in channels)
     if dtype == "float":
         if len(channels) != 1:
             raise Problem(f"{at}: a float encoding has one entry, got {len(channels)}")
@@ -63,19 +68,21 @@ def _entry(name: str, section: str, channels, at: str) -> TensorEncoding:
         symmetric = f.flag(first["is_symmetric"], at, "is_symmetric")
     else:
         absent.append("is_symmetric")
-    for k, d in enumerate(channels[1:], start=1):
-        for key in ("bitwidth", "dtype", "is_symmetric"):
-            if d.get(key) != first.get(key):
-                raise Problem(f"{at}: channel {k} has {key} {d.get(key)!r}, channel 0 has {first.get(key)!r}")
+    for key in ("bitwidth", "dtype", "is_symmetric"):
+        same, k = f.same_in_every(channels, key)
+        if not same:
+            raise Problem(f"{at}: channel {k} has {key} {channels[k].get(key)!r}, channel 0 has {first.get(key)!r}")
     scale = f.column(channels, "scale", at)
     offset = f.column(channels, "offset", at)
     f.positive_scales(scale, at, "scale")
     f.finite(offset, at, "offset")
-    has_range = ["min" in d and "max" in d for d in channels]
-    if any(has_range) and not all(has_range):
+    with_min = sum(map(operator.contains, channels, repeat("min")))
+    with_max = sum(map(operator.contains, channels, repeat("max")))
+    ranged = with_min == with_max == len(channels)
+    if (with_min or with_max) and not ranged:
         raise Problem(f"{at}: some channels have min/max and some do not")
     lo = hi = None
-    if all(has_range):
+    if ranged:
         lo = f.column(channels, "min", at)
         hi = f.column(channels, "max", at)
         f.finite(lo, at, "min")
@@ -115,9 +122,9 @@ def _render_entry(enc: TensorEncoding, ctx: RenderContext) -> list[dict]:
             d["dtype"] = dtype
         return [{**d, **_channel_extras(enc, 0, same)}]
     count = enc.channels or 1
-    scales, offsets = enc.scale.reshape(-1), enc.offset.reshape(-1)
+    scales, offsets = enc.scale.reshape(-1).tolist(), enc.offset.reshape(-1).tolist()
     if same and enc.min is not None:
-        lows, highs = enc.min.reshape(-1), enc.max.reshape(-1)
+        lows, highs = enc.min.reshape(-1).tolist(), enc.max.reshape(-1).tolist()
     elif same:
         lows = highs = None
     else:

@@ -25,20 +25,16 @@ _KNOWN = ("name", "dtype", "enc_type", "bw", "is_sym", "scale", "offset", "block
 
 
 # -- reading ------------------------------------------------------------------------------
-def parse(doc: dict) -> dict[str, TensorEncoding]:
-    tensors: dict[str, TensorEncoding] = {}
-    for key, section in SECTIONS.items():
-        entries = doc.get(key, [])
-        if not isinstance(entries, list):
-            raise Problem(f"{key!r} must be a list of encodings with \"name\" (1.0.0)")
-        for k, entry in enumerate(entries):
-            if not isinstance(entry, dict):
-                raise Problem(f"{key}[{k}]: an encoding must be an object")
-            name = f.text(f.require(entry, "name", f"{key}[{k}]"), f"{key}[{k}]", "name")
-            if name in tensors:
-                raise Problem(f"tensor {name!r} has two encodings")
-            tensors[name] = _entry(entry, section, f.where(key, name))
-    return tensors
+def parse_section(key: str, members, tensors: dict[str, TensorEncoding]) -> None:
+    """The pairs (index, entry) of section ``key``, into ``tensors``."""
+    section = SECTIONS[key]
+    for k, entry in members:
+        if not isinstance(entry, dict):
+            raise Problem(f"{key}[{k}]: an encoding must be an object")
+        name = f.text(f.require(entry, "name", f"{key}[{k}]"), f"{key}[{k}]", "name")
+        if name in tensors:
+            raise Problem(f"tensor {name!r} has two encodings")
+        tensors[name] = _entry(entry, section, f.where(key, name))
 
 
 def _entry(entry: dict, section: str, at: str) -> TensorEncoding:

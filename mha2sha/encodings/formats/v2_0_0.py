@@ -34,19 +34,15 @@ _META_KNOWN = ("x", "x_scale", "axis", "x_zero_point")
 
 
 # -- reading ------------------------------------------------------------------------------
-def parse(doc: dict, version: str) -> dict[str, TensorEncoding]:
-    entries = f.require(doc, "encodings", "the file")
-    if not isinstance(entries, list):
-        raise Problem(f"'encodings' must be a list of encodings ({version})")
-    tensors: dict[str, TensorEncoding] = {}
-    for k, entry in enumerate(entries):
+def parse_section(members, version: str, tensors: dict[str, TensorEncoding]) -> None:
+    """The pairs (index, entry) of ``encodings``, into ``tensors``."""
+    for k, entry in members:
         if not isinstance(entry, dict):
             raise Problem(f"encodings[{k}]: an encoding must be an object")
         name = f.text(f.require(entry, "name", f"encodings[{k}]"), f"encodings[{k}]", "name")
         if name in tensors:
             raise Problem(f"tensor {name!r} has two encodings")
         tensors[name] = _entry(entry, version, f.where("encodings", name))
-    return tensors
 
 
 def _entry(entry: dict, version: str, at: str) -> TensorEncoding:
@@ -94,12 +90,12 @@ def _zero_point(entry: dict, shape: tuple[int, ...], at: str, style: dict) -> np
     """Zero points broadcast to the scales' shape; how they were written goes to ``style``."""
     if "y_zero_point" not in entry:
         style["zero_point"] = "omitted"
-        return np.full(shape, 0, dtype=object)
+        return np.zeros(shape, dtype=np.int64)
     zero = f.numbers(entry["y_zero_point"], at, "y_zero_point", scalar_ok=True)
     f.finite(zero, at, "y_zero_point")
     if zero.ndim == 0 and shape:
         style["zero_point"] = "scalar"
-        return np.full(shape, zero[()], dtype=object)
+        return np.full(shape, zero[()], dtype=zero.dtype)
     if zero.shape != shape:
         raise Problem(f"{at}: 'y_zero_point' has shape {list(zero.shape)} but 'y_scale' has {list(shape)}")
     style["zero_point"] = "written"
@@ -108,20 +104,25 @@ def _zero_point(entry: dict, shape: tuple[int, ...], at: str, style: dict) -> np
 
 def _offsets(zero: np.ndarray, bw: int, signed: bool) -> np.ndarray:
     """AIMET offsets (<= 0) from ONNX zero points: uint -zp, int -zp - 2^(bw-1)."""
-    half = 2 ** (bw - 1) if signed else 0
-    out = np.empty(zero.shape, dtype=object)
-    for index in np.ndindex(*zero.shape):
-        out[index] = -zero[index] - half
-    return out
+    return _negate_minus(zero, 2 ** (bw - 1) if signed else 0)
 
 
 def _zeros_from_offsets(offset: np.ndarray, bw: int, signed: bool, same: bool) -> np.ndarray:
-    half = 2 ** (bw - 1) if signed else 0
-    out = np.empty(offset.shape, dtype=object)
-    for index in np.ndindex(*offset.shape):
-        value = -offset[index] - half
-        out[index] = value if same else as_int_if_integral(value)
-    return out
+    zero = _negate_minus(offset, 2 ** (bw - 1) if signed else 0)
+    if same or zero.dtype == np.int64:
+        return zero
+    floats = as_float(zero)
+    if np.all(floats == np.round(floats)) and np.all(np.abs(floats) < 2**62):
+        return floats.astype(np.int64)
+    return _map(zero, as_int_if_integral)
+
+
+def _negate_minus(values: np.ndarray, half: int) -> np.ndarray:
+    """-values - half in the values' own type (exactly as Python would compute it per
+    number: int64 only where it cannot overflow, else on the Python numbers)."""
+    if values.dtype == np.int64 and values.size and np.abs(values).max() >= 2**62:
+        values = values.astype(object)
+    return -values - half
 
 
 def _grid(nested: np.ndarray, block_axis: int, at: str, key: str) -> tuple[np.ndarray, int]:
@@ -212,7 +213,7 @@ def _zero_lpbq(value, key: str, at: str, style: dict, style_key: str = "zero_poi
         raise Problem(f"{at}: an LPBQ {key!r} must be zero (LPBQ is symmetric)")
     # Kept as its form and the zero's type; re-made for the entry's (possibly sliced) shape.
     style[style_key] = {"form": "scalar" if zeros.ndim == 0 else ("flat" if zeros.ndim == 1 else "nested"),
-                        "zero": zeros.reshape(-1)[0]}
+                        "zero": zeros.reshape(-1).tolist()[0]}
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -246,10 +247,10 @@ def _render_entry(name: str, enc: TensorEncoding, ctx: RenderContext) -> dict:
         return {**d, **_render_lpbq(name, enc, ctx, same), **extras}
     zero_style = enc.style.get("zero_point") if same else None
     if enc.kind == "per_tensor":
-        d["y_scale"] = enc.scale[()] if same else float(enc.scale[()])
+        d["y_scale"] = enc.scale.tolist() if same else float(enc.scale[()])
         zero = _zeros_from_offsets(enc.offset, enc.bitwidth, signed, same)
         if _write_zero(zero, zero_style):
-            d["y_zero_point"] = zero[()]
+            d["y_zero_point"] = zero.tolist()
         return {**d, **extras}
     if enc.kind == "per_channel":
         if enc.channel_axis is None:
@@ -258,7 +259,8 @@ def _render_entry(name: str, enc: TensorEncoding, ctx: RenderContext) -> dict:
         d["y_scale"] = enc.scale.tolist() if same else [float(v) for v in enc.scale]
         zero = _zeros_from_offsets(enc.offset, enc.bitwidth, signed, same)
         if _write_zero(zero, zero_style):
-            d["y_zero_point"] = zero[0] if zero_style == "scalar" and len(set(zero.tolist())) == 1 else zero.tolist()
+            zeros = zero.tolist()
+            d["y_zero_point"] = zeros[0] if zero_style == "scalar" and len(set(zeros)) == 1 else zeros
         if not ctx.omitted(enc, "axis"):
             d["axis"] = enc.channel_axis
         return {**d, **extras}
@@ -266,7 +268,7 @@ def _render_entry(name: str, enc: TensorEncoding, ctx: RenderContext) -> dict:
     _require_layout(name, enc, ctx)
     if enc.channels is None:
         raise unrepresentable(name, "a 1.0.0 per-block encoding with an unknown channel count", ctx.version, "pass model=")
-    d["y_scale"] = _nest(enc.scale if same else _map(enc.scale, float), enc)
+    d["y_scale"] = _nest(enc.scale if same else as_float(enc.scale), enc)
     zero = _zeros_from_offsets(enc.offset, enc.bitwidth, signed, same)
     if _write_zero(zero, zero_style):
         d["y_zero_point"] = _nest(zero, enc)
@@ -282,7 +284,7 @@ def _render_lpbq(name: str, enc: TensorEncoding, ctx: RenderContext, same: bool)
     if form == "meta" and ctx.version == "2.0.0":
         form = "fields"  # 2.0.0 has no meta dict
     ints = _nest(enc.per_block_int_scale if same else _map(enc.per_block_int_scale, as_int_if_integral), enc)
-    scales = enc.scale if same else _map(enc.scale, float)
+    scales = enc.scale if same else as_float(enc.scale)
     nested_scales = _nest(scales.reshape(-1, 1), enc)
     # Flat or nested as the source wrote it, when written in the source's form.
     as_read = same and form == enc.style.get("lpbq_form") and enc.style.get("channel_scale") == "flat"
