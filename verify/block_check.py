@@ -115,12 +115,14 @@ def read_weights(refs: list[WeightRef]) -> dict[str, np.ndarray]:
     return out
 
 
-def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarray] | None = None, *, quiet: bool = False) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
     """``weights``: graph inputs of ``model`` that are its weights. onnxruntime gets them as
     initializers, as in the whole model (it computes MatMul differently with constant
     weights: prepacked, other rounding), from our arrays (not copied into the model)."""
     opts = ort.SessionOptions()
-    opts.log_severity_level = 4 if quiet else 3  # quiet: failed runs are expected (the dims search)
+    # Fatal only: a failed run raises, and the verifier reports it (onnxruntime's own error
+    # log would repeat it on stderr, many times during the dims search).
+    opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if weights:
         model, names = _with_weight_initializers(model, weights)

@@ -24,6 +24,7 @@ This package imports nothing from the converter: it judges any pair of models.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -200,6 +201,14 @@ def _graph_proto(path: Path) -> onnx.ModelProto:
 
 
 DIMS_SEARCH_SECONDS = 10.0  # the search for symbolic dims the model accepts gives up after this
+DIMS_SEARCH_ENV = "MHA2SHA_DIMS_SEARCH_SECONDS"  # overrides it (seconds; 0: try the first assignment only)
+
+
+def _dims_search_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get(DIMS_SEARCH_ENV, DIMS_SEARCH_SECONDS)))
+    except ValueError:
+        return DIMS_SEARCH_SECONDS
 
 
 def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int, check_names: list[str] | None = None,
@@ -216,12 +225,18 @@ def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int,
     fits = weight_bytes <= _CAPTURE_LIMIT_BYTES
     first = None
     tries = 0
-    deadline = time.monotonic() + DIMS_SEARCH_SECONDS
+    bound = _dims_search_seconds()
+    started = time.monotonic()
+    max_tries = 2000 if weight_bytes < 50_000_000 else 400
     session = None
+    stopped_by = "every candidate"
     for values in candidate_assignments(symbols, extra_values=static_dims(proto) if fits else None):
         tries += 1
-        if tries > (2000 if weight_bytes < 50_000_000 else 400) or (tries > 1 and time.monotonic() > deadline):
-            break  # each try runs the model once: bounded in count and time
+        if tries > max_tries or (tries > 1 and time.monotonic() > started + bound):
+            # each try runs the model once: bounded in count and time
+            stopped_by = f"the bound of {max_tries} tries" if tries > max_tries else f"the time bound of {bound:g} s"
+            tries -= 1
+            break
         dims = DimAssigner(values=dict(values))
         feeds = random_feeds(proto, seed=seed, dims=dims)
         if first is None:
@@ -229,7 +244,7 @@ def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int,
         if not fits:
             break
         try:
-            session = session or _session(original_path, quiet=True)  # one session, silent on failed tries
+            session = session or _session(original_path)  # one session (silent: failed tries raise)
             _run_ort(original_path, feeds, session=session)
         except Exception:  # noqa: BLE001 - try the next assignment
             continue
@@ -239,6 +254,11 @@ def consistent_graph_feeds(original_path: Path, *, seed: int, weight_bytes: int,
         if check_names and capture_block_inputs(original_path, check_names, feeds, allow_hard_links=allow_hard_links) is None:
             continue
         return dims, feeds
+    if fits and first is not None and symbols:
+        log.warning("no values of the symbolic input dims (%s) that onnxruntime runs the model with were found: "
+                    "%d tries in %.1f s, stopped by %s (%s); verifying with %s", ", ".join(symbols), tries,
+                    time.monotonic() - started, stopped_by, DIMS_SEARCH_ENV,
+                    ", ".join(f"{k}={v}" for k, v in first[0].values.items()))
     return first
 
 

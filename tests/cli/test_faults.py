@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -165,6 +166,33 @@ def test_a_second_run_into_a_locked_folder_is_refused(example, tmp_path):
         os.close(fd)
     assert visible(out) == []
     assert run("convert", model, "-o", out).returncode == 0
+
+
+def test_two_runs_into_one_folder_at_the_same_time(example, tmp_path):
+    """Two conversions started together into one folder (different seeds): never a mix of
+    their files. One holds the lock; the other is refused with one line naming the folder
+    (exit 2) or, if the first had already finished, replaces its run whole. Either way the
+    folder holds one run: its report names the seed it ran with and passes, its model is
+    the one that report verified."""
+    model, enc = example
+    out = tmp_path / "out"
+    out.mkdir()
+    procs = [subprocess.Popen([*CLI, "convert", str(model), "-e", str(enc), "-o", str(out), "--seed", str(seed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (11, 12)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 2], [0, 0]), results
+    for code, stderr in results:
+        if code == 2:
+            lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("INFO ", "WARNING "))]
+            assert lines == [lines[0]] and str(out) in lines[0] and "another mha2sha run" in lines[0], stderr
+    report = json.loads((out / "verification_report.json").read_text())
+    assert report["status"] == "pass" and report["seed"] in (11, 12)
+    manifest = json.loads((out / MANIFEST).read_text())["files"]
+    assert sorted(visible(out)) == sorted(manifest)  # one run's files, nothing else
+    assert not list(out.glob(".mha2sha-partial-*"))
+    (sha,) = out.glob("*_sha.onnx")
+    assert str(sha.name) in json.dumps(report)
 
 
 def _wait_for(path_glob, out: Path, proc, timeout=120.0) -> bool:
@@ -423,6 +451,25 @@ def test_hostile_encodings_are_refused(example, tmp_path, mutate, needle):
     assert not out.exists() or visible(out) == []
 
 
+@pytest.mark.parametrize("version, field", [("0.6.1", "scale"), ("1.0.0", "scale"), ("2.0.0", "y_scale"), ("1.0.0", "name")])
+def test_a_key_twice_is_refused_in_every_version(example, tmp_path, version, field):
+    """A field written twice in one entry (JSON keeps the last value): refused in every
+    version, by the streaming reader, naming the file and the key."""
+    from mha2sha.encodings import read_encodings, write_encodings
+
+    model, enc = example
+    write_encodings(read_encodings(enc), enc, version=version, model=onnx.load(str(model)))
+    text = enc.read_text()
+    needle = f'"{field}": '
+    assert needle in text
+    enc.write_text(text.replace(needle, f'{needle}{"0.5" if field != "name" else json.dumps("other")}, {needle}', 1))
+    before = tree_hashes(model.parent)
+    out = tmp_path / "out"
+    assert_refused(run("convert", model, "-e", enc, "-o", out), 2, str(enc), f"key '{field}' appears twice")
+    assert tree_hashes(model.parent) == before
+    assert not out.exists() or visible(out) == []
+
+
 # -- 5. every failure mode: its exit code and one line -----------------------------------------
 
 
@@ -468,6 +515,44 @@ def test_shape_inference_leaves_nothing_in_the_working_directory(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert shapes._symbolic(model) is None  # incomplete: ONNX's inference is used instead
     assert list(tmp_path.iterdir()) == []
+
+
+def _unrelated_symbolic_dims(model: Path, dst: Path) -> Path:
+    """``model`` with every size-1 and size-4 input/output dim replaced by a symbol of its
+    own name (d0, d1, ...): nothing tells the verifier that they must agree (the RoPE table
+    fixes the sequence to 4), so it searches for values the model runs with."""
+    proto = onnx.load(str(model))
+    names = (f"d{k}" for k in range(1000))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_value in (1, 4):
+                dim.dim_param = next(names)  # (clears dim_value: one field of a oneof)
+    del proto.graph.value_info[:]
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_the_dims_search_is_bounded_in_time_and_silent(example, tmp_path):
+    """Symbolic input dims with unrelated names: the verifier tries assignments until one
+    runs, each a run of the model. It stops at its time bound (forced to 0 s here: one try)
+    with one clear warning naming the dims and the bound, and onnxruntime's own error log of
+    the failed runs never reaches stderr. The verdict is honest: FAIL, exit 1."""
+    model, enc = example
+    sym = _unrelated_symbolic_dims(model, tmp_path / "sym.onnx")
+    out = tmp_path / "out"
+    env = {**os.environ, "MHA2SHA_DIMS_SEARCH_SECONDS": "0"}
+    started = time.monotonic()
+    proc = subprocess.run([*CLI, "convert", str(sym), "-e", str(enc), "-o", str(out)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "symbolic input dims" in line]
+    assert warnings, proc.stderr
+    assert all(line.startswith("WARNING ") and "1 tries" in line and "the time bound of 0 s" in line
+               and "MHA2SHA_DIMS_SEARCH_SECONDS" in line and "d0=" in line for line in warnings), warnings
+    assert not re.search(r"\[[VIWEF]:onnxruntime", proc.stderr), proc.stderr  # onnxruntime's own log lines
+    assert (out / "VERIFICATION_FAILED").exists()
+    assert elapsed < 300  # (the 2,000-try search took 66-99 s before the bound)
 
 
 @pytest.mark.parametrize("where", ["model", "encodings", "report"])
