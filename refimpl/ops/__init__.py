@@ -2,10 +2,10 @@
 
 One module per family: elementwise (arithmetic, math, logic, Cast), tensor (shape, layout,
 indexing), nn (MatMul/Gemm/Conv, softmax, norms, reductions), attention (opset-23
-Attention and RotaryEmbedding). Importing this package registers them all.
+Attention and RotaryEmbedding), resize (Resize). Importing this package registers them all.
 """
 
-from refimpl.ops import attention, elementwise, nn, tensor  # noqa: F401 - registration
+from refimpl.ops import attention, elementwise, nn, resize, tensor  # noqa: F401 - registration
 from refimpl.ops.registry import REGISTRY, Adapter, Ctx
 
 __all__ = ["REGISTRY", "Adapter", "Ctx"]

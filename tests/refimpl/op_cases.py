@@ -581,6 +581,73 @@ def norm_cases(draw):
     return OpCase([node], {"x": x, "scale": scale}, ["y"], ulps=16 + count)
 
 
+# -- resampling ----------------------------------------------------------------------------------
+
+_COORD_MODES = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_crop_and_resize"]
+
+
+@st.composite
+def resize_cases(draw):
+    """Resize: nearest (every nearest_mode) / linear / cubic, every coordinate transformation
+    mode, scales or sizes (opset 18-19: on chosen axes, with an aspect-ratio policy), with empty
+    tensors for the omitted inputs, as TorchScript writes them, or with omitted names, as dynamo
+    does.
+
+    onnxruntime resamples linear and cubic on the last two axes of a 4-D tensor only (and
+    linear also 2-D/3-D); nearest on any axis."""
+    mode = draw(st.sampled_from(["nearest", "linear", "cubic"]), label="mode")
+    opset = draw(st.sampled_from([11, 13, 18, 19]), label="opset")
+    coord = draw(st.sampled_from(_COORD_MODES[1:] if opset < 19 else _COORD_MODES), label="coordinate mode")
+    if opset < 19 and coord == "half_pixel_symmetric":
+        coord = "half_pixel"
+    rng = _rng(draw(seeds))
+    n, c = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    spatial = [draw(st.integers(1, 6)) for _ in range(2)]
+    if mode == "nearest" and draw(st.booleans(), label="3-D"):
+        spatial = spatial[:1]
+    shape = [n, c, *spatial]
+    x = _f32(rng, shape)
+    resized = list(range(2, len(shape)))
+    if mode == "nearest" and len(shape) == 3 and draw(st.booleans(), label="resize C too"):
+        resized = [1, 2]
+    use_sizes = coord != "tf_crop_and_resize" and draw(st.booleans(), label="sizes")
+    attrs = {"mode": mode, "coordinate_transformation_mode": coord}
+    if mode == "nearest":
+        attrs["nearest_mode"] = draw(st.sampled_from(["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]), label="nearest mode")
+    if mode == "cubic":
+        attrs["cubic_coeff_a"] = draw(st.sampled_from([-0.75, -0.5]))
+        attrs["exclude_outside"] = int(draw(st.booleans(), label="exclude outside"))
+    axes = list(range(len(shape)))
+    if opset >= 18 and draw(st.booleans(), label="axes"):
+        axes = resized
+    inits: dict[str, np.ndarray] = {}
+    if use_sizes:
+        sizes = [shape[ax] if ax not in resized else draw(st.integers(1, 9), label=f"size {ax}") for ax in axes]
+        inits["sizes"] = np.array(sizes, np.int64)
+        if opset >= 18 and axes == resized and draw(st.booleans(), label="aspect policy"):
+            attrs["keep_aspect_ratio_policy"] = draw(st.sampled_from(["not_larger", "not_smaller"]))
+    else:
+        # Scales of exact binary fractions (onnxruntime computes coordinates in float32).
+        inits["scales"] = np.array([1.0 if ax not in resized else draw(st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 3.0]), label=f"scale {ax}") for ax in axes], np.float32)
+    if coord == "tf_crop_and_resize":
+        lo = [0.0 if ax not in resized else draw(st.sampled_from([0.0, 0.25, -0.25])) for ax in axes]
+        hi = [1.0 if ax not in resized else draw(st.sampled_from([1.0, 0.75, 1.25])) for ax in axes]
+        inits["roi"] = np.array(lo + hi, np.float32)
+        attrs["extrapolation_value"] = draw(st.sampled_from([0.0, -2.0]))
+    if opset >= 18 and axes != list(range(len(shape))):
+        attrs["axes"] = axes
+    empty = np.zeros((0,), np.float32)
+    if opset == 11 or draw(st.booleans(), label="empty tensors for omitted inputs"):  # required inputs in Resize-11
+        inits.setdefault("roi", empty)
+        if use_sizes:
+            inits["scales"] = empty
+        inputs = ["x", "roi", "scales"] + (["sizes"] if use_sizes else [])
+    else:
+        inputs = ["x", "roi" if "roi" in inits else "", "" if use_sizes else "scales"] + (["sizes"] if use_sizes else [])
+    node = helper.make_node("Resize", inputs, ["y"], **attrs)
+    return OpCase([node], {"x": x}, ["y"], opset=opset, initializers=inits, ulps=64)
+
+
 # -- opset-23 attention ops -----------------------------------------------------------------------
 
 

@@ -119,6 +119,12 @@ def test_conv(case):
     check_against_onnxruntime(case)
 
 
+@given(cases.resize_cases())
+@settings(max_examples=300)
+def test_resize(case):
+    check_against_onnxruntime(case)
+
+
 @given(cases.norm_cases())
 def test_normalisations(case):
     check_against_onnxruntime(case)
