@@ -7,8 +7,8 @@ equal to a sequence length hides transposition bugs).
 
 Value ranges follow how an input is used, not its name: an integer input that indexes a
 constant table (token ids, positions) stays inside the table; other integer inputs are
-0/1 masks with at least one 1 per row; boolean inputs are masks with at least one True
-per row; float inputs are standard normal.
+0/1 masks and boolean inputs masks, padded (rows alternately left- and right-padded, with
+holes; at least one position kept per row); float inputs are standard normal.
 """
 
 from __future__ import annotations
@@ -114,17 +114,33 @@ def random_feeds(model: onnx.ModelProto, *, seed: int, dims: DimAssigner | None 
 def _values(rng: np.random.Generator, shape: list[int], dtype, bound: int | None) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
-    if dtype == np.bool_:
-        mask = rng.random(shape) < 0.7
-        if mask.ndim:
-            mask[..., -1] = True
-        return mask
-    if bound is not None:
+    if bound is not None and dtype != np.bool_:
         return rng.integers(0, max(bound, 1), shape).astype(dtype)
-    mask = (rng.random(shape) < 0.8).astype(dtype)
-    if mask.ndim:
-        mask[..., -1] = 1
-    return mask
+    return padded_mask(rng, shape, keep=0.7 if dtype == np.bool_ else 0.8).astype(dtype)
+
+
+def padded_mask(rng: np.random.Generator, shape: list[int], keep: float = 0.8) -> np.ndarray:
+    """A boolean mask with padding: rows (along the last axis) take turns being left-padded
+    (the first third masked: with a causal mask, the first query rows see no key at all)
+    and right-padded (the last third masked; a decode step's mask then hides part of the
+    past), with random holes in the rest (``keep``: the share kept). Every row keeps at least
+    one position, so no row of the mask input itself is empty."""
+    mask = rng.random(shape) < keep
+    if mask.ndim == 0:
+        return np.asarray(True)
+    length = shape[-1]
+    if length == 0:
+        return mask
+    rows = mask.reshape(-1, length)
+    pad = length // 3
+    for r, row in enumerate(rows):
+        if r % 2 == 0:  # left padding, then holes; the last position kept
+            row[:pad] = False
+            row[-1] = True
+        else:  # right padding after a kept first position, holes between
+            row[length - pad:] = False
+            row[0] = True
+    return rows.reshape(shape)
 
 
 def dim_symbols(model: onnx.ModelProto) -> list[str]:

@@ -744,12 +744,19 @@ def analyze_attention_op(name: str, node: ir.Node, group: int = 1) -> Block:
     return _finish(name, node, walker, head_space, space, [merge], head_dim=d if isinstance(d, int) else None)
 
 
+def _two_dimensional(softmax: ir.Node) -> bool:
+    """A softmax over a 2-D tensor (an MoE router's [tokens, experts], a classifier) has no
+    batch or head axis: it is not multi-head attention, and nothing in it could be split."""
+    sd = dims(softmax.inputs[0])
+    return sd is not None and len(sd) < 3
+
+
 def find_anchors(graph: ir.Graph) -> list[ir.Node]:
     """Softmax and Attention nodes, in the graph's (topological) order."""
     return [
         n
         for n in graph
-        if (n.op_type == "Softmax" and n.domain in ("", "ai.onnx"))
+        if (n.op_type == "Softmax" and n.domain in ("", "ai.onnx") and not _two_dimensional(n))
         or (n.op_type == "Attention" and n.domain in ("", "ai.onnx"))
     ]
 

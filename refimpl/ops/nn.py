@@ -192,3 +192,18 @@ def _arg(fn):
 
 REGISTRY[("", "ArgMax")] = _arg(np.argmax)
 REGISTRY[("", "ArgMin")] = _arg(np.argmin)
+
+
+@op("TopK")
+def _top_k(ctx, i, a):
+    """The k largest (or smallest) along ``axis``, in order; equal values keep the lower
+    index first, as the spec asks. sorted=0 allows any order: refimpl still sorts."""
+    x, k = i[0], int(np.asarray(i[1]).reshape(-1)[0])
+    axis = a.get("axis", -1) % x.ndim
+    if not 0 <= k <= x.shape[axis]:
+        raise ValueError(f"TopK: k={k} outside [0, {x.shape[axis]}]")
+    key = -x if a.get("largest", 1) else x
+    order = np.argsort(key, axis=axis, kind="stable")
+    indices = np.take(order, np.arange(k), axis=axis)
+    return [np.take_along_axis(x, indices, axis=axis), indices.astype(np.int64)]
+

@@ -196,9 +196,7 @@ def export(case: Case, path: Path) -> dict[str, np.ndarray]:
     if case.mode == "decode":
         return _export_decode(case, model, path, rng)
     ids = rng.integers(1, VOCAB, (BATCH, SEQ)).astype(np.int64)
-    mask = np.ones((BATCH, SEQ), np.int64)
-    if fam.kind == "causal":
-        mask[1, :2] = 0  # left padding on the second row
+    mask = padded_mask(fam.kind)
 
     class Prefill(torch.nn.Module):
         def __init__(self, inner):
@@ -214,6 +212,22 @@ def export(case: Case, path: Path) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def padded_mask(kind: str, length: int = SEQ) -> np.ndarray:
+    """The attention mask of the checks: padded, so that the checks see masked positions.
+
+    Causal models: the second row is left-padded (its first query rows see no key at all:
+    fully-masked rows), the first row right-padded. Encoders: the second row right-padded.
+    The export is traced with the same mask, so a model that drops an all-ones mask at trace
+    time (a fast path) keeps its masking in the graph."""
+    mask = np.ones((BATCH, length), np.int64)
+    if kind == "causal":
+        mask[1, :2] = 0
+        mask[0, -1:] = 0
+    else:
+        mask[1, -2:] = 0
+    return mask
+
+
 def _cache_tensors(cache) -> list:
     flat = []
     for layer in cache.layers:
@@ -227,11 +241,14 @@ def _export_decode(case: Case, model, path: Path, rng) -> dict[str, np.ndarray]:
     from transformers import DynamicCache
 
     prompt = torch.from_numpy(rng.integers(1, VOCAB, (BATCH, PAST)).astype(np.int64))
+    # A partly masked past: the second row's prompt was left-padded by two tokens.
+    mask = np.ones((BATCH, PAST + 1), np.int64)
+    mask[1, :2] = 0
     with torch.no_grad():
-        past = [t.detach().clone() for t in _cache_tensors(model(input_ids=prompt, use_cache=True, past_key_values=DynamicCache()).past_key_values)]
+        first = model(input_ids=prompt, attention_mask=torch.from_numpy(mask[:, :PAST]), use_cache=True, past_key_values=DynamicCache())
+        past = [t.detach().clone() for t in _cache_tensors(first.past_key_values)]
     layers = len(past) // 2
     ids = rng.integers(1, VOCAB, (BATCH, 1)).astype(np.int64)
-    mask = np.ones((BATCH, PAST + 1), np.int64)
 
     class Decode(torch.nn.Module):
         def __init__(self, inner):

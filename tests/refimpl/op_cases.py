@@ -254,6 +254,23 @@ def arg_and_cumsum_cases(draw):
     return OpCase([helper.make_node(op_type, ["x"], ["y"], **attrs)], {"x": x}, ["y"], opset=13)
 
 
+@st.composite
+def top_k_cases(draw):
+    """TopK (sorted output; MoE routers): largest or smallest, any axis, with ties (equal
+    values keep the lower index first), float or integer input."""
+    shape = draw(shapes)
+    rng = _rng(draw(seeds))
+    axis = draw(st.integers(-len(shape), len(shape) - 1), label="axis")
+    k = draw(st.integers(0, shape[axis]), label="k")
+    ties = draw(st.booleans(), label="ties")
+    x = rng.integers(-2, 3, shape).astype(np.float32) if ties else _f32(rng, shape)
+    if draw(st.booleans(), label="int64"):
+        x = rng.integers(-3, 4, shape).astype(np.int64)
+    attrs = {"axis": axis, "largest": draw(st.integers(0, 1)), "sorted": 1}
+    node = helper.make_node("TopK", ["x", "k"], ["values", "indices"], **attrs)
+    return OpCase([node], {"x": x}, ["values", "indices"], initializers={"k": _i64(k)}, opset=draw(st.sampled_from([11, 17])), ulps=0)
+
+
 # -- layout ---------------------------------------------------------------------------------
 
 
