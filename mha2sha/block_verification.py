@@ -11,10 +11,15 @@ only schedules those checks so that they cost little wall time:
   worker reads it itself, once, with ``preadv`` (the original's from the input data file,
   the converted one's from the data file being written), drops the original's before
   reading the converted one's, and returns only the verdict;
-- a block is handed to a worker at the earliest point where everything it reads exists: the
-  writer has planned the output data file (every weight has its offset) and has written
-  every byte of that block's weights (``written``). The writer follows the input's order,
-  so the first layers are checked while the last ones are still being written.
+- a block is checked in two halves (``verify.block_check.run_original`` and
+  ``judge_converted``). The original block's half needs only the input: it is handed to a
+  worker as soon as the block is cut out, before the graph is written, so the workers run
+  while this process prepares the blocks and serialises the model. The converted block's
+  half is handed out at the earliest point where everything it reads exists: the writer has
+  planned the output data file (every weight has its offset) and has written every byte of
+  that block's weights (``written``). The writer follows the input's order, so the first
+  layers are checked while the last ones are still being written. (With encodings, known
+  only after the write, both halves run together once they are.)
 
 With no workers (small models: starting a process costs more than checking their blocks),
 the same checks run in this process when ``wait`` is called.
@@ -62,7 +67,8 @@ class _Block:
     sha_inputs: list = field(default_factory=list)
     captured: dict | None = None
     error: str = ""
-    future: cf.Future | None = None
+    original: cf.Future | None = None  # the original block's half (verify.block_check.OriginalRun)
+    future: cf.Future | None = None  # the verdict
     result: dict | None = None
 
 
@@ -74,6 +80,26 @@ def _warm() -> int:
     import verify.block_check  # noqa: F401
 
     return os.getpid()
+
+
+def _run_original(task: tuple):
+    """The original block's half of a check (in a worker): a verify.block_check.OriginalRun."""
+    from verify.block_check import read_weights, run_original
+    from verify.feeds import DimAssigner
+
+    mha, mha_refs, seed, dims, captured = task
+    return run_original(onnx.load_from_string(mha), seed=seed, dims=DimAssigner(values=dict(dims)), captured=captured,
+                        mha_weights=lambda: read_weights(mha_refs))
+
+
+def _judge_converted(task: tuple) -> dict:
+    """The converted block's half (in a worker), given the original's; the block's report entry."""
+    from verify.block_check import judge_converted, read_weights
+
+    original, mha, sha, spec, sha_refs, captured = task
+    result = judge_converted(original, onnx.load_from_string(mha), onnx.load_from_string(sha), spec, captured=captured,
+                             sha_weights=lambda: read_weights(sha_refs))
+    return result.as_dict()
 
 
 def _check(task: tuple) -> dict:
@@ -149,6 +175,9 @@ class BlockVerifier:
                 block.mha = proto.SerializeToString()
                 if captured is not None:
                     block.captured = {i.name: captured[i.name] for i in proto.graph.input if i.name in captured}
+                if self._pool is not None and not self._hold:
+                    block.original = self._pool.submit(_run_original, (block.mha, block.mha_refs, self.seed + i,
+                                                                       dict(self.dims.values), block.captured))
             except Exception as exc:  # noqa: BLE001 - a block that cannot be cut out is a failed block
                 block.error = f"{type(exc).__name__}: {exc}"
             self.blocks.append(block)
@@ -183,8 +212,18 @@ class BlockVerifier:
         if self._pool is None or self._hold:
             return
         for block in self.blocks:
-            if block.future is None and not block.error and block.sha and block.ready_at <= nbytes:
+            if block.future is not None or block.error or not block.sha or block.ready_at > nbytes:
+                continue
+            if block.original is None:  # both halves at once (encodings: they came after the write)
                 block.future = self._pool.submit(_check, self._task(block))
+            elif block.original.done():
+                try:
+                    original = block.original.result()
+                except Exception as exc:  # noqa: BLE001 - a worker that died fails its block, not the run
+                    block.error = f"verification worker failed: {type(exc).__name__}: {exc}"
+                    continue
+                block.future = self._pool.submit(_judge_converted, (original, block.mha, block.sha, block.spec,
+                                                                    block.sha_refs, block.captured))
 
     def set_encodings(self, mha_encodings, sha_encodings) -> None:
         self.encodings = (mha_encodings, sha_encodings)
@@ -206,6 +245,12 @@ class BlockVerifier:
         t0 = time.perf_counter()
         self._hold = False
         self.written(1 << 62)
+        while True:  # the converted halves wait for their original's
+            pending = [b.original for b in self.blocks if b.future is None and not b.error and b.sha and b.original is not None]
+            if not pending or self._pool is None:
+                break
+            cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            self.written(1 << 62)
         for done, block in enumerate(self.blocks, 1):
             if block.result is None:
                 block.result = self._result(block)

@@ -323,7 +323,7 @@ class Session:
             raise RefimplError(f"node {step.node.name or step.node.op_type!r} reads {exc.args[0]!r}, which nothing produces") from None
         tiled = bool(lazy) and _tiles_weight(step, args, lazy, self.float_dtype)
         if lazy and not tiled:
-            args = [arg.astype(self.float_dtype) if name in lazy else arg for name, arg in zip(step.inputs, args)]
+            args = [arg.astype(self.float_dtype, copy=False) if name in lazy else arg for name, arg in zip(step.inputs, args)]
         try:
             values = _tiled_matmul(*args) if tiled else step.adapter(step.ctx, args, step.attrs)
         except NotImplementedError as exc:

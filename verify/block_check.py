@@ -115,7 +115,8 @@ def read_weights(refs: list[WeightRef]) -> dict[str, np.ndarray]:
     return out
 
 
-def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
+def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarray] | None = None, *,
+             prepack: bool = True, threads: int = 0) -> ort.InferenceSession:
     """``weights``: graph inputs of ``model`` that are its weights. onnxruntime gets them as
     initializers, as in the whole model (it computes MatMul differently with constant
     weights: prepacked, other rounding), from our arrays (not copied into the model)."""
@@ -124,6 +125,19 @@ def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarr
     # log would repeat it on stderr, many times during the dims search).
     opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # A block is run once on a few rows: what costs is the session's set-up, not the run.
+    # A thread pool of its own per session is started for a run of milliseconds (and the
+    # writer needs the other core): blocks get one thread (the same results: MLAS splits
+    # rows and columns between threads, never a sum). Prepacking copies every MatMul weight into
+    # another layout (a second copy of the weights, 60-70 % of the set-up time), and
+    # changes the rounding of a MatMul by a large weight: the original block is run as the
+    # whole model is (prepacked), since its error sets the float32 budget; the converted
+    # block's per-head MatMuls gave bit-identical results either way (1B-class blocks).
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
     if weights:
         model, names = _with_weight_initializers(model, weights)
         if names:
@@ -168,8 +182,8 @@ def _with_weight_initializers(model: onnx.ModelProto, weights: Mapping[str, np.n
 
 
 def _run_ort(model, feeds: dict[str, np.ndarray], weights: Mapping[str, np.ndarray] | None = None, *,
-             session: ort.InferenceSession | None = None) -> dict[str, np.ndarray]:
-    sess = session or _session(model, weights)
+             session: ort.InferenceSession | None = None, prepack: bool = True, threads: int = 0) -> dict[str, np.ndarray]:
+    sess = session or _session(model, weights, prepack=prepack, threads=threads)
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
     values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
@@ -213,6 +227,43 @@ def _sha_block_feeds(spec: BlockCorrespondence, feeds: Mapping[str, np.ndarray],
     return out
 
 
+@dataclass
+class OriginalRun:
+    """The original block evaluated: the first half of ``check_block``, which needs nothing of
+    the converted model (a worker runs it while the converted weights are still being
+    written). Only small arrays: the block's feeds and outputs, never its weights."""
+
+    feeds: dict = field(default_factory=dict)
+    feeds_from: str = "random"
+    truth: dict | None = None  # refimpl, float64 (None: refimpl cannot evaluate the block)
+    why: str = ""  # why there is no truth
+    mha_ort: dict = field(default_factory=dict)
+    q_mha: dict | None = None  # simulated quantization of the original block
+    error: str = ""
+    seconds: float = 0.0
+
+
+def run_original(mha: onnx.ModelProto, *, seed: int, dims: DimAssigner, captured: Mapping[str, np.ndarray] | None = None,
+                 mha_encodings=None, mha_weights: Weights | None = None) -> OriginalRun:
+    """The original block on its feeds: float64 truth (refimpl), onnxruntime float32 (which
+    sets the error budget) and, given ``mha_encodings``, the simulated quantization. The
+    weights ``mha_weights`` loads are dropped before this returns."""
+    run = OriginalRun()
+    started = time.perf_counter()
+    try:
+        weights = dict(mha_weights()) if mha_weights is not None else {}
+        run.feeds, run.feeds_from = _block_feeds(mha, captured, seed, dims, weights)
+        run.truth, run.why = _refimpl(mha, {**run.feeds, **weights}, np.float64)
+        run.mha_ort = _run_ort(mha, run.feeds, weights, threads=1)
+        if mha_encodings is not None and run.truth is not None:
+            run.q_mha = _quant_run(mha, {**run.feeds, **weights}, mha_encodings)
+        del weights
+    except Exception as exc:  # noqa: BLE001 - a block that cannot be verified is a failed block
+        run.error = f"{type(exc).__name__}: {exc}"
+    run.seconds = time.perf_counter() - started
+    return run
+
+
 def check_block(mha: onnx.ModelProto, sha: onnx.ModelProto, spec: BlockCorrespondence, *, seed: int, dims: DimAssigner,
                 captured: Mapping[str, np.ndarray] | None = None, mha_encodings=None, sha_encodings=None,
                 mha_weights: Weights | None = None, sha_weights: Weights | None = None) -> BlockResult:
@@ -221,20 +272,35 @@ def check_block(mha: onnx.ModelProto, sha: onnx.ModelProto, spec: BlockCorrespon
     ``mha_weights`` / ``sha_weights`` load the weights that are graph inputs of ``mha`` /
     ``sha``; each is called once, and its arrays are dropped before the other is called.
     When refimpl cannot evaluate the original block, the truth checks are "not run" (with
-    the reason) and the converted block is judged against onnxruntime on the original one."""
+    the reason) and the converted block is judged against onnxruntime on the original one.
+    The same as ``judge_converted(run_original(...), ...)``, the two halves a worker runs at
+    different times."""
+    quant = mha_encodings is not None and sha_encodings is not None
+    original = run_original(mha, seed=seed, dims=dims, captured=captured, mha_encodings=mha_encodings if quant else None,
+                            mha_weights=mha_weights)
+    return judge_converted(original, mha, sha, spec, captured=captured, mha_encodings=mha_encodings,
+                           sha_encodings=sha_encodings, sha_weights=sha_weights)
+
+
+def judge_converted(original: OriginalRun, mha: onnx.ModelProto, sha: onnx.ModelProto, spec: BlockCorrespondence, *,
+                    captured: Mapping[str, np.ndarray] | None = None, mha_encodings=None, sha_encodings=None,
+                    sha_weights: Weights | None = None) -> BlockResult:
+    """The converted block on the original's feeds (``original``: ``run_original``, given
+    the same ``mha_encodings`` when quantization is judged), judged against the original's
+    outputs."""
     result = BlockResult(spec)
     started = time.perf_counter()
     quant = mha_encodings is not None and sha_encodings is not None
+    if original.error:
+        result.error, result.seconds = original.error, original.seconds
+        return result
     try:
-        weights = dict(mha_weights()) if mha_weights is not None else {}
-        feeds, result.feeds_from = _block_feeds(mha, captured, seed, dims, weights)
-        truth, why = _refimpl(mha, {**feeds, **weights}, np.float64)
-        mha_ort = _run_ort(mha, feeds, weights)
-        q_mha = _quant_run(mha, {**feeds, **weights}, mha_encodings) if quant and truth is not None else None
-        del weights
+        feeds, truth, why, mha_ort = original.feeds, original.truth, original.why, original.mha_ort
+        result.feeds_from = original.feeds_from
+        q_mha = original.q_mha
         weights = dict(sha_weights()) if sha_weights is not None else {}
         block_feeds = _sha_block_feeds(spec, feeds, sha, captured)
-        sha_ort = spec.mha_values(_run_ort(sha, block_feeds, weights))
+        sha_ort = spec.mha_values(_run_ort(sha, block_feeds, weights, prepack=False, threads=1))
         sha_feeds = {**block_feeds, **weights}
         sha_ref, why_sha = _refimpl(sha, sha_feeds, np.float32)
         sha_f64, _ = _refimpl(sha, sha_feeds, np.float64) if sha_ref is not None else (None, why_sha)
@@ -284,7 +350,7 @@ def check_block(mha: onnx.ModelProto, sha: onnx.ModelProto, spec: BlockCorrespon
             result.error = "the block has no floating-point output to compare"
     except Exception as exc:  # noqa: BLE001 - a block that cannot be verified is a failed block
         result.error = f"{type(exc).__name__}: {exc}"
-    result.seconds = time.perf_counter() - started
+    result.seconds = original.seconds + time.perf_counter() - started
     return result
 
 
