@@ -28,6 +28,7 @@ the same checks run in this process when ``wait`` is called.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
 import time
@@ -52,6 +53,25 @@ def default_workers(weight_bytes: int) -> int:
     if value is not None and value.strip():
         return max(0, int(value))
     return 0 if weight_bytes < _WORKER_MIN_BYTES else 1
+
+
+# A worker's numerical libraries get one thread each: a block's MatMuls are a few rows by
+# a weight, and OpenBLAS's (or OpenMP's) own threads spin on the core the writer and the
+# other worker need (a 7B-class check spent most of its time in OpenBLAS's thread loop).
+# A variable the user has set is left as it is.
+_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children():
+    added = [name for name in _THREAD_VARIABLES if name not in os.environ]
+    for name in added:
+        os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 @dataclass
@@ -135,9 +155,10 @@ class BlockVerifier:
         self._started = time.perf_counter()
         self._pool: cf.ProcessPoolExecutor | None = None
         if self.workers:
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-            for _ in range(self.workers):
-                self._pool.submit(_warm)
+            with _single_threaded_children():  # the processes start in submit, with this environment
+                self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                for _ in range(self.workers):
+                    self._pool.submit(_warm)
 
     # -- after the graph pass ------------------------------------------------------------
     def prepare(self, correspondence, converted, *, expect_encodings: bool = False) -> None:
