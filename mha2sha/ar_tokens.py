@@ -1107,6 +1107,11 @@ def _rebuild_array(arr, s_axis, t_axis, s_old, c_old, s_new, c_new, mask_fill, n
     if c_new == c_old and s_new <= s_old:  # the last rows: the same absolute positions
         rows = np.take(arr, range(s_old - s_new, s_old), axis=s_axis)
         return np.ascontiguousarray(rows)
+    if s_old == 1 and s_new > 1 and arr.dtype.kind not in "fb":
+        # One row is a function of key - query trivially; only a mask (float or bool, whose
+        # masked value the caller gives: mask_fill, below) may be extended from it; index
+        # tables and positions (integers) may not.
+        raise TokensError(f"constant {name!r} holds one row for the one token the model was exported for; what the other {s_new - 1} tokens' rows hold the model does not show (export for the largest number of tokens you need and rebuild down: fewer tokens keep the last rows)", at)
     # Relative positions: value(i, j) = g(j - (past + i)).
     a = np.moveaxis(arr, (s_axis, t_axis), (-2, -1)).astype(np.float64)
     p_old = c_old - s_old

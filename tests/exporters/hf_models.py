@@ -31,6 +31,7 @@ class ExportCase:
     decode: bool = False  # one new token with a KV cache (past_key_values in, present out)
     tokens: int = 1  # decode: new tokens per step
     past: int = 5  # decode: cached positions
+    position_ids: bool = False  # decode: position ids are a graph input (as on-device exports have)
 
     def at(self, tokens: int, past: int) -> ExportCase:
         """The same model (same seed, same weights) exported for another decode step shape."""
@@ -42,6 +43,8 @@ class ExportCase:
         mode = "-decode" if self.decode else ""
         if self.decode and (self.tokens, self.past) != (1, PAST):
             mode += f"-t{self.tokens}p{self.past}"
+        if self.position_ids:
+            mode += "-posin"
         return f"{self.arch}-{'dynamo' if self.dynamo else 'ts'}{self.opset}-{self.attn}{mode}" + (f"-{extra}" if extra else "")
 
 
@@ -126,10 +129,13 @@ def _export_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]
             self.inner = inner
 
         def forward(self, input_ids, attention_mask, *past):
+            position_ids = None
+            if case.position_ids:
+                position_ids, past = past[0], past[1:]
             cache = DynamicCache()
             for i in range(layers):
                 cache.update(past[2 * i], past[2 * i + 1], i)
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
             flat = []
             for layer in out.past_key_values.layers:
                 flat += [layer.keys, layer.values]
@@ -143,7 +149,11 @@ def _export_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]
     outputs = ["logits"] + [f"present_{k}_{i}" for i in range(layers) for k in ("key", "value")]
     dynamic = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"}}
     dynamic.update({n: {0: "batch", 2: "past"} for n in names[2:]})
-    args = (torch.from_numpy(ids), torch.from_numpy(mask), *map(torch.from_numpy, past))
+    positions = []
+    if case.position_ids:
+        names.insert(2, "position_ids")
+        positions = [np.broadcast_to(np.arange(case.past, case.past + case.tokens), (BATCH, case.tokens)).astype(np.int64).copy()]
+    args = (torch.from_numpy(ids), torch.from_numpy(mask), *map(torch.from_numpy, positions + past))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # Static shapes, as on-device decode graphs are (the SDPA GQA export folds the query
@@ -152,7 +162,7 @@ def _export_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]
         del dynamic
         torch.onnx.export(Wrapper(model), args, str(path), input_names=names, output_names=outputs, opset_version=case.opset, dynamo=case.dynamo)
     feeds = {"input_ids": ids, "attention_mask": mask}
-    feeds.update(dict(zip(names[2:], past)))
+    feeds.update(dict(zip(names[2:], positions + past)))
     return feeds
 
 

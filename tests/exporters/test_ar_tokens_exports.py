@@ -14,6 +14,7 @@ exit 2 with one line, nothing written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -146,3 +147,40 @@ def test_the_report_names_the_rebuilt_shapes(tmp_path):
     assert inputs["input_ids"] == {"from": [2, 3], "to": [2, 1]}
     assert inputs["past_key_0"] == {"from": [2, 2, 5, 16], "to": [2, 2, 7, 16]}
     assert "attention_mask" not in inputs  # the context is kept: [B, 8] either way
+
+
+ONE_TOKEN = [
+    (FAMILIES[1], None),
+    (FAMILIES[3], None),
+    # position ids as an input, the masked value given (API only): the exporter still folds the
+    # padding-mask index table for the one position; repeating or shifting it was a wrong model.
+    (dataclasses.replace(FAMILIES[3], position_ids=True), 0.0),
+    (dataclasses.replace(FAMILIES[0], position_ids=True), 0.0),
+]
+
+
+@pytest.mark.parametrize(("case", "mask_fill"), ONE_TOKEN, ids=lambda x: x.id if isinstance(x, ExportCase) else f"fill{x}")
+def test_one_token_rebuilt_for_more_is_right_or_refused(case, mask_fill, tmp_path):
+    """Whatever the rebuild of a one-token export for 3 tokens does, it either refuses with the
+    node and the reason, or equals torch.onnx's export for 3 tokens: never a wrong model."""
+    import onnx_ir as ir
+
+    from mha2sha.ar_tokens import TokensError, rebuild_for_tokens
+
+    source, target = tmp_path / "decode.onnx", tmp_path / "re_export.onnx"
+    export(case, source)
+    model = ir.load(source)
+    try:
+        rebuild_for_tokens(model, 3, None, mask_fill=mask_fill)
+    except TokensError as exc:
+        assert exc.at is not None and str(exc).count("\n") == 0, exc
+        return
+    rebuilt = tmp_path / "rebuilt.onnx"
+    ir.save(model, rebuilt, external_data="rebuilt.onnx.data")
+    export(case.at(3, case.past + case.tokens - 3), target)
+    feeds = _feeds(target, seed=3)
+    if "position_ids" in feeds:
+        feeds["position_ids"] = np.broadcast_to(np.arange(3, 6), (2, 3)).astype(np.int64).copy()
+    want, got = _run(target, feeds), _run(rebuilt, feeds)
+    for name in want:
+        _close(got[name], want[name], name)
