@@ -218,6 +218,23 @@ def _range(ctx, i, a):
     return [(start + np.arange(count, dtype=dtype) * delta).astype(dtype, copy=False)]
 
 
+@op("OneHot")
+def _one_hot(ctx, i, a):
+    """values[1] where the new ``axis`` equals the index, values[0] elsewhere. Negative
+    indices count from the end (in [-depth, depth)); indices outside give off everywhere."""
+    indices, values = np.asarray(i[0]), i[2]
+    depth = int(np.asarray(i[1]).reshape(-1)[0])
+    idx = indices.astype(np.int64)  # float indices are truncated (the spec casts them)
+    idx = np.where(idx < 0, idx + depth, idx)
+    axis = a.get("axis", -1) % (indices.ndim + 1)
+    shape = [1] * (indices.ndim + 1)
+    shape[axis] = depth
+    classes = np.arange(depth).reshape(shape)
+    hot = np.expand_dims(idx, axis) == classes
+    off, on = np.asarray(values).reshape(-1)[:2]
+    return [np.where(hot, on, off).astype(np.asarray(values).dtype)]
+
+
 @op("Trilu")
 def _trilu(ctx, i, a):
     k = ints(i[1])[0] if optional(i, 1) is not None else 0

@@ -64,7 +64,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     # exporter supports; batched_mm gathers each token's expert weights and exports.
     Family("mixtral", "causal", _llm("mixtral", num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2), cache=True,
            note="mixture of experts (batched_mm experts)", load={"experts_implementation": "batched_mm"}),
-    Family("deepseek_v3", "causal", _llm("deepseek_v3", num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=2, moe_intermediate_size=32, n_shared_experts=1), cache=True, note="multi-head latent attention"),
+    Family("deepseek_v3", "causal", _llm("deepseek_v3", num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1, moe_intermediate_size=32, n_shared_experts=1), cache=True,
+           note="multi-head latent attention; layer 1 MoE (batched_mm experts)", load={"experts_implementation": "batched_mm"}),
     Family("clip_text", "encoder", {"arch": "clip_text_model", "config": dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)}),
     Family("clip_vision", "vision", {"arch": "clip_vision_model", "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)}),
     Family("vit", "vision", {"arch": "vit", "config": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)}),

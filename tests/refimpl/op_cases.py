@@ -497,6 +497,20 @@ def generator_cases(draw):
     return OpCase([helper.make_node("ConstantOfShape", ["s"], ["y"], **attrs)], {"s": dims}, ["y"])
 
 
+@st.composite
+def one_hot_cases(draw):
+    """OneHot (MoE expert masks): any axis, negative and out-of-range indices, int or float
+    values (onnxruntime: int64 indices of rank >= 1)."""
+    shape = draw(shapes)
+    depth = draw(st.integers(1, 5), label="depth")
+    rng = _rng(draw(seeds))
+    idx = rng.integers(-depth - 1, depth + 1, shape).astype(np.int64)
+    axis = draw(st.integers(-len(shape) - 1, len(shape)), label="axis")
+    values = np.array([0, 1], np.int64) if draw(st.booleans(), label="int values") else np.array([-0.5, 2.0], np.float32)
+    node = helper.make_node("OneHot", ["i", "depth", "values"], ["y"], axis=axis)
+    return OpCase([node], {"i": idx}, ["y"], initializers={"depth": _i64(depth), "values": values}, opset=11, ulps=0)
+
+
 # -- linear algebra, convolution --------------------------------------------------------------
 
 

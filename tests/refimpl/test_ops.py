@@ -74,6 +74,11 @@ def test_argmax_argmin_cumsum(case):
     check_against_onnxruntime(case)
 
 
+@given(cases.one_hot_cases())
+def test_one_hot(case):
+    check_against_onnxruntime(case)
+
+
 @given(cases.top_k_cases())
 def test_top_k(case):
     check_against_onnxruntime(case)
