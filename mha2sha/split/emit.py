@@ -39,6 +39,7 @@ from mha2sha.graph.ir_utils import (
     node_opset,
     norm_axis,
 )
+from mha2sha.split import rope
 
 SplitError = Refusal  # the splitter's refusals are the converter's one refusal type
 
@@ -561,6 +562,12 @@ class BlockSplitter:
         node = inst.node
         out_index, out_layout = next(iter(inst.outputs.items()))
         tag = self._tag(out_layout, head)
+        if node.op_type == "Concat":
+            rotated = rope.emit_rotate_half(self, inst, head, tag)  # one MatMul, not Slice/Neg/Concat
+            if rotated is not None:
+                for idx, piece in rotated.items():
+                    self._set_piece(node.outputs[idx], inst.outputs[idx], head, piece)
+                return
         ins: list[ir.Value | None] = []
         for i, (v, lay) in enumerate(zip(node.inputs, inst.inputs)):
             if v is None or lay is None:

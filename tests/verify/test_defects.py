@@ -55,15 +55,27 @@ def swap_head_weights(m):
 
 
 def wrong_kv_group(m):
-    def qk(head):
-        return next(n for n in _nodes(m, f"attn0.h{head}.") if n.op_type == "MatMul" and not any(i.startswith("attn0.") and i.endswith("weight") for i in n.input) and "Softmax" not in n.input[0])
+    consts = {t.name for t in m.graph.initializer}
+
+    def qk(head):  # the scores MatMul: two activations (not a projection, not RoPE's rotation by a constant)
+        return next(n for n in _nodes(m, f"attn0.h{head}.") if n.op_type == "MatMul" and not any(i in consts for i in n.input) and "Softmax" not in n.input[0])
 
     qk(0).input[1] = qk(2).input[1]  # head 0 reads kv head 1
 
 
 def swap_rope_halves(m):
-    concat = next(n for n in _nodes(m, "attn0.h0.") if n.op_type == "Concat")
-    concat.input[0], concat.input[1] = concat.input[1], concat.input[0]
+    concat = next((n for n in _nodes(m, "attn0.h0.") if n.op_type == "Concat"), None)
+    if concat is not None:
+        concat.input[0], concat.input[1] = concat.input[1], concat.input[0]
+        return
+    # rotate_half(x) is one MatMul by a signed permutation (mha2sha.split.rope): head 0 reads
+    # concat(x1, -x2) instead of concat(-x2, x1).
+    consts = {t.name for t in m.graph.initializer}
+    rotation = next(n for n in _nodes(m, "attn0.h0.") if n.op_type == "MatMul" and n.input[1] in consts and "rotate_half" in n.input[1])
+    d = numpy_helper.to_array(_init(m, rotation.input[1])).shape[0]
+    swapped = np.diag(np.r_[np.ones(d // 2), -np.ones(d // 2)]).astype(np.float32)
+    m.graph.initializer.append(numpy_helper.from_array(swapped, rotation.input[1] + ".swapped"))
+    rotation.input[1] = rotation.input[1] + ".swapped"
 
 
 def drop_mask(m):
