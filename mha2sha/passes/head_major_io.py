@@ -4,7 +4,8 @@ The split gives every kv head its own cache input and output (``past_key_0_h1``,
 axis removed). Some runtimes (the reference tool's convention) want one tensor per cache
 instead, laid out ``[heads, ...]`` so that a head is a contiguous block: ``[H, B, P, D]`` for
 a ``[B, H, P, D]`` cache. This pass puts such a tensor, under the original name, at the
-graph's boundary: a head-major input is read per head with ``Gather(axis=0)``, and per-head
+graph's boundary: a head-major input is split once along the head axis (``Split`` + a
+``Squeeze`` per head), and per-head
 present outputs are stacked with ``Unsqueeze -> Concat(axis=0)``. The per-head tensors keep
 their names inside the graph (their encodings and the block boundaries still apply).
 """
@@ -48,6 +49,11 @@ def run(model: ir.Model, ledger: Ledger) -> PassResult:
 
 
 def _inputs(graph: ir.Graph, orig: str, order: list[str], first: ir.Node | None) -> None:
+    """The head-major input read per head by one Split along the head axis and a Squeeze
+    per head: no Gather (QNN lowers a scalar-index Gather per head as a gather op of its own,
+    where a Split is a view of the tensor)."""
+    from mha2sha.graph.ir_utils import opset
+
     by_name = {v.name: v for v in graph.inputs}
     pieces = [by_name[n] for n in order]
     stacked = ir.Value(name=orig)
@@ -59,19 +65,35 @@ def _inputs(graph: ir.Graph, orig: str, order: list[str], first: ir.Node | None)
     kept.insert(min(position, len(kept)), stacked)
     graph.inputs.clear()
     graph.inputs.extend(kept)
+    new_opset = opset(graph) >= 13  # Split's sizes and Squeeze's axes are inputs from opset 13
+    parts = []
     for j, piece in enumerate(pieces):
-        index = add_constant(graph, f"{orig}.head_index_{j}", np.array(j, dtype=np.int64))
+        part = ir.Value(name=f"{orig}.h{j}.part", shape=None if piece.shape is None else ir.Shape([1, *piece.shape]))
+        part.dtype = piece.dtype
+        parts.append(part)
+    made = []
+    if new_opset:
+        sizes = add_constant(graph, f"{orig}.head_sizes", np.ones(len(pieces), dtype=np.int64))
+        made.append(ir.Node("", "Split", [stacked, sizes], attributes=[ir.AttrInt64("axis", 0)], outputs=parts, name=f"{orig}.split_heads"))
+        axes = add_constant(graph, f"{orig}.head_axis_in", np.array([0], dtype=np.int64))
+    else:
+        made.append(ir.Node("", "Split", [stacked], attributes=[ir.AttrInt64("axis", 0), ir.AttrInt64s("split", [1] * len(pieces))],
+                            outputs=parts, name=f"{orig}.split_heads"))
+    for j, (piece, part) in enumerate(zip(pieces, parts)):
         out = ir.Value(name=None, shape=piece.shape)
         out.dtype = piece.dtype
-        node = ir.Node("", "Gather", [stacked, index], attributes=[ir.AttrInt64("axis", 0)], outputs=[out], name=f"{orig}.gather_h{j}")
-        if first is not None:
-            graph.insert_before(first, node)
+        if new_opset:
+            made.append(ir.Node("", "Squeeze", [part, axes], outputs=[out], name=f"{orig}.squeeze_h{j}"))
         else:
-            graph.append(node)
+            made.append(ir.Node("", "Squeeze", [part], attributes=[ir.AttrInt64s("axes", [0])], outputs=[out], name=f"{orig}.squeeze_h{j}"))
         name = piece.name
         ir.convenience.replace_all_uses_with(piece, out)
         piece.name = f"{name}.unused"
         out.name = name
+    if first is not None:
+        graph.insert_before(first, made)
+    else:
+        graph.extend(made)
 
 
 def _outputs(graph: ir.Graph, orig: str, order: list[str]) -> None:
