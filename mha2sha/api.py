@@ -264,8 +264,14 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
         from mha2sha.lora_adaptors import read_adaptor_list
 
         adaptor_specs = read_adaptor_list(opts.lora_adaptors)
+    prepared = None
     if opts.ar_tokens is not None or opts.lora_alpha_from_input:
-        return _convert_prepared(model_path, output_dir, opts, encodings, started)
+        prepared = _prepare(loaded, model_path, opts, encodings)  # in memory; refused here, before anything is written
+        if prepared.changed:
+            encodings = prepared.encodings
+            encodings_warnings = _validate_encodings(encodings, loaded.model) if encodings is not None else []
+        else:
+            loaded = load_model(model_path, allow_hard_links=opts.allow_hard_links)  # as given (adapt sorts in place)
     inputs = [model_path] + ([Path(opts.encodings)] if opts.encodings else []) + _external_files(loaded.model)
     for spec in adaptor_specs or []:
         inputs += [Path(spec.weights)] + ([Path(spec.encodings)] if spec.encodings is not None else [])
@@ -275,16 +281,29 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
     # Everything this run writes is staged and moved in as one step at the end (see mha2sha.outputs).
     staged = OutputTransaction(out_dir, inputs, overwrite=opts.overwrite)
     try:
-        return _convert_into(staged, model_path, opts, loaded, encodings, encodings_warnings, adaptor_specs, inputs, started)
+        return _convert_into(staged, model_path, opts, loaded, encodings, encodings_warnings, adaptor_specs, inputs, started, prepared)
     finally:
         staged.discard()
 
 
 def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOptions, loaded, encodings, encodings_warnings,
-                  adaptor_specs, inputs: list[Path], started: float) -> ConversionResult:
+                  adaptor_specs, inputs: list[Path], started: float, prepared=None) -> ConversionResult:
+    """The pipeline: (prepared ->) find and split -> passes -> consumers -> save -> verify,
+    on one in-memory model. ``prepared`` (mha2sha.prepare.Prepared): the MHA model was changed
+    before the split; it is staged as OUTDIR/prepared/, and verification compares against it."""
     from verify.report import write_report
 
     out_dir = staged.out_dir
+    mha_path = model_path  # the MHA model the SHA model is verified against
+    prequant_map = None
+    if prepared is not None and prepared.changed:
+        from mha2sha.prepare import write_prepared
+
+        stem = model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.stem
+        prepared_file = write_prepared(prepared, staged, stem, encodings_version=opts.encodings_version,
+                                       external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD)
+        mha_path = staged.tmp / prepared_file  # the verifier's workers read it
+        prequant_map = prepared.mapping or None
     if opts.name is not None:
         for suffix in (".onnx", ".onnx.data", ".encodings"):
             staged.check_target(safe_output_name(opts.name) + suffix)
@@ -292,7 +311,11 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
     report = _base_report(model_path, opts)
     if encodings_warnings:
         report["encodings_warnings"] = encodings_warnings[:200]
-    if opts.prepared is not None:
+    if prepared is not None:
+        report["prepared"] = prepared.summary
+        if prepared.changed:
+            report["model"]["original"] = prepared.summary["model"]  # where it will be
+    elif opts.prepared is not None:
         report["prepared"] = opts.prepared
     timings: dict[str, float] = {}
     stage = "find and split"
@@ -303,7 +326,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             from mha2sha.block_verification import BlockVerifier
 
             # Started now: its worker processes import what they need while the graph pass runs.
-            verifier = BlockVerifier(model_path, weight_bytes=loaded.weight_bytes, seed=opts.seed,
+            verifier = BlockVerifier(mha_path, weight_bytes=loaded.weight_bytes, seed=opts.seed,
                                      allow_hard_links=opts.allow_hard_links)
         t0 = time.perf_counter()
         model = loaded.model
@@ -321,7 +344,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
         result.blocks = split.blocks
         report["skipped_blocks"] = [b.as_dict() for b in split.skipped]
         if not split.converted and opts.heads_per_block != 1 and split.blocks:
-            _refuse_build_ar(model_path, opts)
+            _refuse_build_ar(mha_path, opts)
         if not split.converted and not opts.allow_no_attention:
             raise NoAttentionError(model_path, _no_attention_message(split.blocks))
         if opts.per_head_cache_io:
@@ -375,7 +398,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
         from mha2sha.prequant import ALL_STAGES_FILE, write_all_stages_mapping
 
         # Original (AIMET export) name -> names in the final model, through every stage.
-        stages = ([opts.prepared["prequant_map"]] if opts.prepared and opts.prepared.get("prequant_map") else []) + [mapping, conv_record]
+        stages = ([prequant_map] if prequant_map else []) + [mapping, conv_record]
         write_all_stages_mapping(staged.path(ALL_STAGES_FILE), stages, final_model=model,
                                  originals=set(encodings.tensors) if encodings is not None else None)
         encodings_file = None
@@ -385,7 +408,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             from mha2sha.encodings import numeric_encodings, write_encodings
             from mha2sha.encodings.propagate import propagate
 
-            original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links, validate=False).model
+            original_model = load_model(mha_path, allow_hard_links=opts.allow_hard_links, validate=False).model
             sha_encodings, summary = propagate(encodings, original_model, model, ledger)
             report["encodings"] = summary
             encodings_file = f"{name}.encodings"
@@ -401,7 +424,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             stage = "lora adaptors"
             from mha2sha.lora_adaptors import convert_adaptors
 
-            original_model = load_model(model_path, allow_hard_links=opts.allow_hard_links, validate=False).model
+            original_model = load_model(mha_path, allow_hard_links=opts.allow_hard_links, validate=False).model
             adaptors = convert_adaptors(adaptor_specs, staged, original=original_model, converted=model, ledger=ledger,
                                         encodings_version=opts.encodings_version)
             report["lora_adaptors"] = {
@@ -420,7 +443,7 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             stage = "input lists"
             from mha2sha.input_lists import write_input_lists
 
-            report["input_lists"] = write_input_lists(staged, model_path, staged_model, specs, seed=opts.seed,
+            report["input_lists"] = write_input_lists(staged, mha_path, staged_model, specs, seed=opts.seed,
                                                       weight_bytes=loaded.weight_bytes)
         if opts.verify and split.converted:
             stage = "verify"
@@ -432,14 +455,14 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
             report.update(verification)
             from verify.contract import io_contract
 
-            report["io_contract"] = io_contract(load_model(model_path, allow_hard_links=opts.allow_hard_links).model, model)
+            report["io_contract"] = io_contract(load_model(mha_path, allow_hard_links=opts.allow_hard_links).model, model)
             if encodings is not None:
                 from verify.run import encodings_coverage
 
                 sha_tensors = set(_all_names(model.graph))
                 report["encodings_coverage"] = encodings_coverage(mapping, set(encodings.tensors), set(sha_encodings.tensors), sha_tensors,
                                                                   mha_tensors=set(_all_names(original_model.graph)) | {v.name for v in original_model.graph.inputs})
-            section = _htp_section(model_path, staged_model, specs, opts, loaded)
+            section = _htp_section(mha_path, staged_model, specs, opts, loaded)
             if section is not None:
                 report["htp"] = section
     except (OutputError, UsageError):
@@ -590,23 +613,12 @@ def _write_correspondence(staged, corr) -> None:
         fh.write(dumps(corr))
 
 
-def _convert_prepared(model_path: Path, output_dir, opts: ConvertOptions, encodings, started: float) -> ConversionResult:
-    """--ar-tokens / --lora-alpha-from-input: change the MHA model first (written to
-    OUTDIR/prepared/), then convert and verify from the changed model."""
-    import dataclasses
+def _prepare(loaded, model_path: Path, opts: ConvertOptions, encodings):
+    """--ar-tokens / --lora-alpha-from-input: change the MHA model in memory (mha2sha.prepare)."""
+    from mha2sha.prepare import prepare_model
 
-    from mha2sha.prepare import prepare_input
-
-    prepared = prepare_input(model_path, Path(output_dir), encodings=encodings,
-                             encodings_path=Path(opts.encodings) if opts.encodings else None,
-                             ar_tokens=opts.ar_tokens, ar_context=opts.ar_context,
-                             lora_alpha_from_input=opts.lora_alpha_from_input,
-                             allow_hard_links=opts.allow_hard_links, encodings_version=opts.encodings_version)
-    inner = dataclasses.replace(opts, ar_tokens=None, ar_context=None, lora_alpha_from_input=False,
-                                encodings=prepared.encodings_path, prepared=prepared.summary)
-    result = convert(prepared.model_path, output_dir, inner)
-    result.seconds = time.perf_counter() - started
-    return result
+    return prepare_model(loaded.model, model_path, encodings=encodings, ar_tokens=opts.ar_tokens, ar_context=opts.ar_context,
+                         lora_alpha_from_input=opts.lora_alpha_from_input)
 
 
 def _requantized(encodings):

@@ -3,10 +3,12 @@ decoder for another number of tokens per step) and ``--lora-alpha-from-input`` (
 alpha becomes a graph input).
 
 Both change the function the MHA model computes (other input shapes, a new input), so the
-split and its verification must start from the changed model, not from the file the user
-gave. The changed model is written to ``OUTDIR/prepared/<stem>.onnx`` (with the encodings
-renamed onto it, when the rename changed anything, and ``prequant_encodings_map.json``), and
-the conversion proceeds from it: the SHA model is verified against this prepared MHA model.
+split and its verification start from the changed model, not from the file the user gave.
+``prepare_model`` changes the loaded model in memory (the driver splits that same model);
+``write_prepared`` stages it for the user as ``OUTDIR/prepared/<stem>.onnx`` (with the
+encodings renamed onto it, when the rename changed anything, and ``prequant_encodings_map.json``),
+in the run's one output transaction. The verifier, which runs the MHA model in worker
+processes, reads the staged file: the SHA model is verified against this prepared MHA model.
 """
 
 from __future__ import annotations
@@ -15,14 +17,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx_ir as ir
+
 from mha2sha.errors import InputError
-from mha2sha.graph.io import (
-    EXTERNAL_DATA_THRESHOLD,
-    StagedOutput,
-    load_model,
-    prepare_output_dir,
-    save_model,
-)
 
 log = logging.getLogger("mha2sha")
 
@@ -31,21 +28,25 @@ PREPARED_DIR = "prepared"
 
 @dataclass
 class Prepared:
-    model_path: Path
-    encodings_path: Path | None
+    """The MHA model after the pre-split changes (in memory)."""
+
+    model: ir.Model
+    encodings: object | None  # the EncodingSet renamed onto ``model`` (the given one when no name changed)
+    mapping: dict[str, list[str]] = field(default_factory=dict)  # original name -> names in ``model``
     summary: dict = field(default_factory=dict)  # goes into the report as "prepared"
 
+    @property
+    def changed(self) -> bool:
+        return bool(self.summary.get("changed"))
 
-def prepare_input(model_path: Path, output_dir: Path, *, encodings=None, encodings_path: Path | None = None,
-                  ar_tokens: int | None = None, ar_context: int | None = None, lora_alpha_from_input: bool = False,
-                  allow_hard_links: bool = False, encodings_version: str | None = None) -> Prepared:
-    """Apply the pre-split changes to the model at ``model_path`` and write the result into
-    ``output_dir/prepared/``. Raises (nothing written) when a change is refused."""
+
+def prepare_model(model: ir.Model, model_path: Path, *, encodings=None, ar_tokens: int | None = None, ar_context: int | None = None,
+                  lora_alpha_from_input: bool = False) -> Prepared:
+    """Apply the pre-split changes to ``model`` in place (``model_path`` names it in messages
+    and the summary). Raises InputError (nothing written) when a change is refused."""
     from mha2sha.ar_tokens import TokensError, rebuild_for_tokens
-    from mha2sha.prequant import PREQUANT_MAP_FILE, adapt, rename_encodings, write_mapping
+    from mha2sha.prequant import adapt, rename_encodings
 
-    loaded = load_model(model_path, allow_hard_links=allow_hard_links)
-    model = loaded.model
     summary: dict = {"source": str(model_path)}
     if ar_tokens is not None:
         try:
@@ -70,33 +71,40 @@ def prepare_input(model_path: Path, output_dir: Path, *, encodings=None, encodin
         summary["notes"] = list(adapted.notes)
         if not adapted.alpha_inputs:
             log.info("--lora-alpha-from-input: no constant LoRA alpha found (already inputs, or no LoRA branch)")
-    if ar_tokens is None and not mapping:
-        summary["changed"] = False  # nothing to lift: convert the model as given, write no copy
-        return Prepared(model_path, encodings_path, summary)
-    summary["changed"] = True
-    stem = model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.stem
-    inputs = [model_path] + ([encodings_path] if encodings_path else [])
-    out_dir = prepare_output_dir(output_dir, inputs) / PREPARED_DIR
-    out_dir.mkdir(exist_ok=True)
-    staged = StagedOutput(out_dir, inputs)
+    summary["changed"] = ar_tokens is not None or bool(mapping)  # otherwise: convert the model as given, write no copy
+    renamed = encodings
+    if encodings is not None and mapping:
+        renamed = encodings.clone()
+        summary["encodings_renamed"] = rename_encodings(renamed, mapping, model)
+    return Prepared(model, renamed, mapping, summary)
+
+
+def write_prepared(prepared: Prepared, staged, stem: str, *, external: bool, encodings_version: str | None = None) -> str:
+    """Stage ``prepared/<stem>.onnx`` (+ the mapping and the renamed encodings) in ``staged``
+    (an OutputTransaction); returns the model's name inside the output folder. Adds the final
+    paths to the summary."""
+    from mha2sha.errors import OutputError
+    from mha2sha.graph.writer import write_model
+    from mha2sha.outputs import disk_full
+    from mha2sha.prequant import PREQUANT_MAP_FILE, write_mapping
+
+    model_file = f"{PREPARED_DIR}/{stem}.onnx"
+    path = staged.path(model_file)
+    data_name = None
+    if external:
+        data_name = f"{stem}.onnx.data"  # beside the model, in prepared/
+        staged.path(f"{PREPARED_DIR}/{data_name}")
     try:
-        model_file, _ = save_model(model, staged, stem, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD)
-        if mapping:
-            write_mapping(staged.path(PREQUANT_MAP_FILE), mapping)
-        enc_file = None
-        if encodings is not None and mapping:
+        write_model(prepared.model, path, data_name=data_name)
+    except OSError as exc:
+        raise disk_full(exc, staged.out_dir) or OutputError(staged.out_dir, f"cannot write the prepared model: {exc.strerror or exc}") from None
+    prepared.summary["model"] = str(staged.final(model_file))
+    if prepared.mapping:
+        map_file = f"{PREPARED_DIR}/{PREQUANT_MAP_FILE}"
+        write_mapping(staged.path(map_file), prepared.mapping)
+        prepared.summary["prequant_map"] = str(staged.final(map_file))
+        if prepared.encodings is not None:
             from mha2sha.encodings import write_encodings
 
-            renamed = encodings.clone()
-            summary["encodings_renamed"] = rename_encodings(renamed, mapping, model)
-            enc_file = f"{stem}.encodings"
-            write_encodings(renamed, staged.path(enc_file), version=encodings_version)
-        placed = staged.commit(last=model_file)
-    except BaseException:
-        staged.discard()
-        raise
-    summary["model"] = str(placed[model_file])
-    if mapping:
-        summary["prequant_map"] = str(placed[PREQUANT_MAP_FILE])
-    new_enc = placed.get(enc_file) if enc_file else encodings_path
-    return Prepared(placed[model_file], new_enc, summary)
+            write_encodings(prepared.encodings, staged.path(f"{PREPARED_DIR}/{stem}.encodings"), version=encodings_version)
+    return model_file
