@@ -116,7 +116,7 @@ def read_weights(refs: list[WeightRef]) -> dict[str, np.ndarray]:
 
 
 def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarray] | None = None, *,
-             prepack: bool = True, threads: int = 0) -> ort.InferenceSession:
+             prepack: bool = True, block: bool = False) -> ort.InferenceSession:
     """``weights``: graph inputs of ``model`` that are its weights. onnxruntime gets them as
     initializers, as in the whole model (it computes MatMul differently with constant
     weights: prepacked, other rounding), from our arrays (not copied into the model)."""
@@ -125,19 +125,21 @@ def _session(model: onnx.ModelProto | str | Path, weights: Mapping[str, np.ndarr
     # log would repeat it on stderr, many times during the dims search).
     opts.log_severity_level = 4
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # A block is run once on a few rows: what costs is the session's set-up, not the run.
-    # A thread pool of its own per session is started for a run of milliseconds (and the
-    # writer needs the other core): blocks get one thread (the same results: MLAS splits
-    # rows and columns between threads, never a sum). Prepacking copies every MatMul weight into
+    # A block (``block``) is run once on a few rows: what costs is the session's set-up and
+    # memory, not the run. A thread pool of its own per session is started for a run of
+    # milliseconds (and the writer needs the other core): blocks get one thread (the same
+    # results: MLAS splits rows and columns between threads, never a sum), and no memory
+    # arena (which keeps what a run allocated after the session is gone: at 7B-class
+    # float16, the float32 copies of the weights onnxruntime casts to, ~100 MB). Prepacking copies every MatMul weight into
     # another layout (a second copy of the weights, 60-70 % of the set-up time), and
     # changes the rounding of a MatMul by a large weight: the original block is run as the
     # whole model is (prepacked), since its error sets the float32 budget; the converted
     # block's per-head MatMuls gave bit-identical results either way (1B-class blocks).
     if not prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = threads
+    if block:
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False
     if weights:
         model, names = _with_weight_initializers(model, weights)
         if names:
@@ -182,8 +184,8 @@ def _with_weight_initializers(model: onnx.ModelProto, weights: Mapping[str, np.n
 
 
 def _run_ort(model, feeds: dict[str, np.ndarray], weights: Mapping[str, np.ndarray] | None = None, *,
-             session: ort.InferenceSession | None = None, prepack: bool = True, threads: int = 0) -> dict[str, np.ndarray]:
-    sess = session or _session(model, weights, prepack=prepack, threads=threads)
+             session: ort.InferenceSession | None = None, prepack: bool = True, block: bool = False) -> dict[str, np.ndarray]:
+    sess = session or _session(model, weights, prepack=prepack, block=block)
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
     values = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
@@ -204,13 +206,24 @@ def _block_feeds(mha: onnx.ModelProto, captured: Mapping[str, np.ndarray] | None
     return {k: v for k, v in feeds.items() if k not in weights}, "random"
 
 
-def _refimpl(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], dtype) -> tuple[dict | None, str]:
-    """refimpl's outputs, or None and why it could not evaluate the model (an op it lacks)."""
+def _refimpl(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], dtype,
+             weights: Mapping[str, np.ndarray] | None = None) -> tuple[dict | None, str]:
+    """refimpl's outputs, or None and why it could not evaluate the model (an op it lacks).
+
+    ``feeds`` (the block's activations, a few rows) are given in the compute dtype, the
+    values refimpl would convert them to; ``weights`` as they are stored: refimpl converts a
+    weight where a node reads it, and a float64 MatMul by a large one tile by tile, which it
+    does only when the other operand is already in the compute dtype (a float16 model's
+    activations converted by refimpl itself made it convert each 4096x4096 weight whole:
+    128 MB of float64 per MatMul)."""
     import refimpl
     from refimpl.errors import RefimplError
 
+    fed = {k: (v.astype(dtype) if isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating) and v.dtype != dtype else v)
+           for k, v in feeds.items()}
+    fed.update(weights or {})
     try:
-        return refimpl.run(model, dict(feeds), dtype=dtype), ""
+        return refimpl.run(model, fed, dtype=dtype), ""
     except RefimplError as exc:
         return None, str(exc)
 
@@ -253,8 +266,8 @@ def run_original(mha: onnx.ModelProto, *, seed: int, dims: DimAssigner, captured
     try:
         weights = dict(mha_weights()) if mha_weights is not None else {}
         run.feeds, run.feeds_from = _block_feeds(mha, captured, seed, dims, weights)
-        run.truth, run.why = _refimpl(mha, {**run.feeds, **weights}, np.float64)
-        run.mha_ort = _run_ort(mha, run.feeds, weights, threads=1)
+        run.truth, run.why = _refimpl(mha, run.feeds, np.float64, weights)
+        run.mha_ort = _run_ort(mha, run.feeds, weights, block=True)
         if mha_encodings is not None and run.truth is not None:
             run.q_mha = _quant_run(mha, {**run.feeds, **weights}, mha_encodings)
         del weights
@@ -300,10 +313,10 @@ def judge_converted(original: OriginalRun, mha: onnx.ModelProto, sha: onnx.Model
         q_mha = original.q_mha
         weights = dict(sha_weights()) if sha_weights is not None else {}
         block_feeds = _sha_block_feeds(spec, feeds, sha, captured)
-        sha_ort = spec.mha_values(_run_ort(sha, block_feeds, weights, prepack=False, threads=1))
+        sha_ort = spec.mha_values(_run_ort(sha, block_feeds, weights, prepack=False, block=True))
         sha_feeds = {**block_feeds, **weights}
-        sha_ref, why_sha = _refimpl(sha, sha_feeds, np.float32)
-        sha_f64, _ = _refimpl(sha, sha_feeds, np.float64) if sha_ref is not None else (None, why_sha)
+        sha_ref, why_sha = _refimpl(sha, block_feeds, np.float32, weights)
+        sha_f64, _ = _refimpl(sha, block_feeds, np.float64, weights) if sha_ref is not None else (None, why_sha)
         q_sha = spec.mha_values(_quant_run(sha, sha_feeds, sha_encodings)) if quant and truth is not None and sha_ref is not None else None
         del weights, sha_feeds
         if truth is None:
