@@ -183,6 +183,7 @@ def main() -> None:
         print(f"{label} (medians of its report's timings): graph pass (find + split) {med['split']:.2f} s, save (write + "
               f"blocks verified meanwhile) {med['save']:.2f} s, verification after the save {med['verify_wait']:.2f} s, "
               f"in-process total {med['total']:.2f} s")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")
     per_round = [c["seconds"] / p["seconds"] for c, p in zip(results["mha2sha convert"], results["cp -r + sync"])]
     print("mha2sha convert / (cp -r + sync) per round: " + ", ".join(f"{r:.2f}" for r in per_round))
     print(json.dumps({"results": {k: [{kk: vv for kk, vv in r.items() if kk != "stdout"} for r in v] for k, v in results.items()},
