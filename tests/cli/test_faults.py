@@ -240,6 +240,56 @@ def test_a_stale_staging_folder_is_removed(example, tmp_path):
     assert not stale.exists()
 
 
+def test_prepared_is_part_of_the_runs_one_transaction(tmp_path):
+    """--ar-tokens writes the rebuilt decoder to OUTDIR/prepared/: staged and moved in with
+    the run (one manifest, no second one inside prepared/), the report naming it where it is;
+    a run killed before its commit leaves the folder as it was; a rerun without the flag
+    removes the old prepared/ files (and never a user's file there); a user's own file in
+    the way is refused before anything is written."""
+    from fuzz import AttentionConfig, build
+
+    cfg = AttentionConfig(dynamic=False, past_kv="full", mask="causal", mlp=False, rope="rotate_half",
+                          heads=4, kv_heads=2, seq=4, past=4)
+    model = tmp_path / "in" / "m.onnx"
+    model.parent.mkdir()
+    onnx.save(build(cfg, seed=0).model, model)
+    before_inputs = tree_hashes(model.parent)
+    out = tmp_path / "out"
+    flags = ["--ar-tokens", "1", "--kv-cache-io", "original"]
+    proc = run("convert", model, "-o", out, *flags)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / MANIFEST).read_text())["files"]
+    assert "prepared/m.onnx" in manifest and not (out / "prepared" / MANIFEST).exists()
+    assert sorted(visible(out)) == sorted(manifest + ["prepared"])
+    report = json.loads((out / "verification_report.json").read_text())
+    assert report["model"]["original"] == str(out.resolve() / "prepared" / "m.onnx") == report["prepared"]["model"]
+    assert not list(out.glob(".mha2sha-partial-*"))
+
+    # killed while verifying: prepared/ and everything else as they were
+    passed = tree_hashes(out)
+    proc = subprocess.Popen([*CLI, "convert", str(model), "-o", str(out), *flags, "--seed", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(".mha2sha-partial-*/*_sha.onnx", out, proc), "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert tree_hashes(out) == passed
+
+    # a user's file inside prepared/ is never deleted; a rerun without the flag removes the rest
+    (out / "prepared" / "mine.txt").write_text("mine")
+    proc = run("convert", model, "-o", out, "--kv-cache-io", "original")
+    assert proc.returncode == 0, proc.stderr
+    assert visible(out).count("prepared/m.onnx") == 0 and (out / "prepared" / "mine.txt").read_text() == "mine"
+    assert "prepared" not in json.dumps(json.loads((out / MANIFEST).read_text()))
+
+    # a user's file where prepared/ goes: refused, one line, nothing written
+    (out / "prepared" / "m.onnx").write_text("mine too")
+    before = tree_hashes(out)
+    assert_refused(run("convert", model, "-o", out, *flags), 2, str(out / "prepared" / "m.onnx"), "did not write")
+    assert tree_hashes(out) == before
+    assert tree_hashes(model.parent) == before_inputs
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_output_files_follow_the_umask(example, tmp_path, umask):
     model, enc = example
