@@ -146,7 +146,13 @@ class _Propagation:
             self.changed = True
             self._vary.clear()
             return
-        raise TokensError(f"axis {a} of {v.name!r} is both {_say(cur)} and {_say(label)}", at)
+        raise TokensError(f"axis {a} of {v.name!r} is both {_say(cur)} and {_say(label)}{self._hint()}", at)
+
+    def _hint(self) -> str:
+        if self.sizes["S"] != 1:
+            return ""
+        return ("; the model was exported for one token, whose size-1 axes do not show where the tokens go "
+                "(export for the largest number of tokens you need and rebuild down)")
 
     def size_of(self, label: Label) -> int:
         return label.before * self.sizes[label.kind] * label.after
@@ -197,7 +203,7 @@ class _Propagation:
         elif l2 is not None and l1 is None:
             self.set(v1, a1, l2, node)
         elif l1 is not None and not l1.same(l2):
-            raise TokensError(f"axis {a1} of {v1.name!r} is {_say(l1)} but axis {a2} of {v2.name!r} is {_say(l2)}", node)
+            raise TokensError(f"axis {a1} of {v1.name!r} is {_say(l1)} but axis {a2} of {v2.name!r} is {_say(l2)}{self._hint()}", node)
 
     def _soft(self, v1, a1, v2, a2, node) -> None:
         """Size-1 axes aligned by broadcasting (``v1`` an operand, ``v2`` the result): a
@@ -705,6 +711,21 @@ def _cache_seeds(graph: ir.Graph) -> list[tuple[ir.Node, ir.Value, ir.Value, int
     return found
 
 
+def _cache_written_in_place(graph: ir.Graph) -> ir.Node | None:
+    """A ScatterND / ScatterElements whose data is a graph input (through layout ops): a static
+    cache updated at the step's positions."""
+    inputs = set(graph.inputs)
+    for node in graph:
+        if node.op_type not in ("ScatterND", "ScatterElements") or not node.inputs:
+            continue
+        v = node.inputs[0]
+        while v is not None and v not in inputs and v.producer() is not None and v.producer().op_type in ("Transpose", "Identity", "Reshape"):
+            v = v.producer().inputs[0]
+        if v in inputs:
+            return node
+    return None
+
+
 # -- the rebuild --------------------------------------------------------------------------------
 
 
@@ -727,6 +748,9 @@ def rebuild_for_tokens(model: ir.Model, tokens: int, context: int | None = None,
     seeds = _cache_seeds(graph)
     attention_ops = [n for n in graph if n.op_type == "Attention" and n.domain in ("", "ai.onnx") and len(n.inputs) > 4 and n.inputs[4] is not None]
     if not seeds and not attention_ops:
+        written = _cache_written_in_place(graph)
+        if written is not None:
+            raise TokensError("the KV cache is a full-context buffer written in place (a static cache): not supported; export with caches concatenated (past + new)", written)
         raise TokensError("no KV cache found (a graph input concatenated with the new keys or values, or an Attention op with past inputs): only cached decoders can be rebuilt for another number of tokens")
     s_old = p_old = None
     for node, past, new, axis in seeds:

@@ -32,6 +32,7 @@ class ExportCase:
     tokens: int = 1  # decode: new tokens per step
     past: int = 5  # decode: cached positions
     position_ids: bool = False  # decode: position ids are a graph input (as on-device exports have)
+    static_cache: bool = False  # decode: full-context cache buffers written in place (StaticCache)
 
     def at(self, tokens: int, past: int) -> ExportCase:
         """The same model (same seed, same weights) exported for another decode step shape."""
@@ -45,6 +46,8 @@ class ExportCase:
             mode += f"-t{self.tokens}p{self.past}"
         if self.position_ids:
             mode += "-posin"
+        if self.static_cache:
+            mode += "-static"
         return f"{self.arch}-{'dynamo' if self.dynamo else 'ts'}{self.opset}-{self.attn}{mode}" + (f"-{extra}" if extra else "")
 
 
@@ -82,6 +85,8 @@ def export(case: ExportCase, path: Path) -> dict[str, np.ndarray]:
     import torch
 
     model = build_torch_model(case)
+    if case.decode and case.static_cache:
+        return _export_static_decode(case, model, path)
     if case.decode:
         return _export_decode(case, model, path)
 
@@ -163,6 +168,48 @@ def _export_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]
         torch.onnx.export(Wrapper(model), args, str(path), input_names=names, output_names=outputs, opset_version=case.opset, dynamo=case.dynamo)
     feeds = {"input_ids": ids, "attention_mask": mask}
     feeds.update(dict(zip(names[2:], positions + past)))
+    return feeds
+
+
+def _export_static_decode(case: ExportCase, model, path: Path) -> dict[str, np.ndarray]:
+    """One decoding step with Hugging Face's StaticCache: cache buffers [B, kv, P + T, D] are
+    inputs, the T new entries are written at positions P .. P + T - 1 (index_copy: ScatterND /
+    ScatterElements), the updated buffers are outputs."""
+    import torch
+    from transformers import StaticCache
+
+    cfg = model.config
+    layers, context = cfg.num_hidden_layers, case.past + case.tokens
+    kv = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, *caches):
+            cache = StaticCache(config=cfg, max_cache_len=context)
+            for i, layer in enumerate(cache.layers):
+                layer.lazy_initialization(caches[2 * i], caches[2 * i + 1])
+                layer.keys, layer.values = caches[2 * i].clone(), caches[2 * i + 1].clone()
+                layer.cumulative_length = torch.tensor(case.past)
+            positions = torch.arange(case.past, context)
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, cache_position=positions, use_cache=True)
+            return (out.logits, *(t for layer in cache.layers for t in (layer.keys, layer.values)))
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, VOCAB, (BATCH, case.tokens)).astype(np.int64)
+    mask = np.ones((BATCH, context), np.int64)
+    caches = [rng.standard_normal((BATCH, kv, context, d)).astype(np.float32) for _ in range(2 * layers)]
+    names = ["input_ids", "attention_mask"] + [f"cache_{k}_{i}" for i in range(layers) for k in ("key", "value")]
+    outputs = ["logits"] + [f"updated_{k}_{i}" for i in range(layers) for k in ("key", "value")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(model), (torch.from_numpy(ids), torch.from_numpy(mask), *map(torch.from_numpy, caches)), str(path),
+                          input_names=names, output_names=outputs, opset_version=case.opset, dynamo=case.dynamo)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    feeds.update(dict(zip(names[2:], caches)))
     return feeds
 
 

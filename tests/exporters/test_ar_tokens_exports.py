@@ -184,3 +184,20 @@ def test_one_token_rebuilt_for_more_is_right_or_refused(case, mask_fill, tmp_pat
     want, got = _run(target, feeds), _run(rebuilt, feeds)
     for name in want:
         _close(got[name], want[name], name)
+
+
+@pytest.mark.parametrize("case", [dataclasses.replace(FAMILIES[2], static_cache=True)], ids=lambda c: c.id)
+def test_a_static_cache_written_in_place_is_refused_with_the_node(case, tmp_path):
+    """Hugging Face StaticCache: the caches are full-context buffers written in place; the
+    rebuild does not support it and says so, naming the scatter, exit 2, one line. (dynamo
+    only: TorchScript traces the in-place position counter after its update.)"""
+    path = tmp_path / "static.onnx"
+    feeds = export(case.at(3, 5), path)
+    # The export is the model (the buffers come back with the 3 new entries written at 5..7).
+    got = _run(path, feeds)
+    assert not np.array_equal(got["updated_key_0"][:, :, 5:], feeds["cache_key_0"][:, :, 5:])
+    np.testing.assert_array_equal(got["updated_key_0"][:, :, :5], feeds["cache_key_0"][:, :, :5])
+    proc = _cli("convert", path, "-o", tmp_path / "out", "--ar-tokens", "1")
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "static cache" in line and "Scatter" in line, line
