@@ -9,8 +9,11 @@ C (default: the model's P + S), the same graph reads T tokens and C - T past pos
 Which dimensions are sequence dimensions is decided by structure, never by their size: a
 head dim, hidden size or batch that happens to equal S is left alone. Labels start at the
 cache concatenation (``Concat(past, new)`` on a graph input, or the opset-23 ``Attention``
-op's past inputs): the past axis is P, the new axis S, the result T = P + S. From there they
-are propagated through every op in both directions (elementwise broadcasting, MatMul rows
+op's past inputs): the past axis is P, the new axis S, the result T = P + S; or at a static
+cache, a full-context buffer written in place (``ScatterND`` / ``ScatterElements`` on a graph
+input): the buffer axis is T, the written entries S. From there they are propagated, by the
+rule of each op's kind in the op-axis table (analysis/opaxes.py), through every op in both
+directions (elementwise broadcasting, MatMul rows
 and contraction, Transpose, Reshape by element strides, Concat, Slice, Gather, Expand, ...)
 until nothing changes, reaching the token inputs, masks, position ids and the outputs. An axis
 label is ``before * X * after`` (X one of S, P, T): a Reshape may merge a sequence axis with
@@ -538,6 +541,19 @@ def _scatternd(p: _Propagation, node: ir.Node, entry) -> None:
         p.eq(data, m, upd, len(si) - 1 + m - k, node)
 
 
+def _scatterelements(p: _Propagation, node: ir.Node, entry) -> None:
+    """out has the data's axes; indices and updates have one shape (the plan refuses a change
+    of the size of the written axis)."""
+    (data, idx, upd), out = node.inputs[:3], node.outputs[0]
+    sd, si = _shape(data), _shape(idx)
+    if sd is None or si is None:
+        return
+    for j in range(len(sd)):
+        p.eq(data, j, out, j, node)
+    for j in range(len(si)):
+        p.eq(idx, j, upd, j, node)
+
+
 def _unsqueeze(p: _Propagation, node: ir.Node, entry) -> None:
     x, out = node.inputs[0], node.outputs[0]
     s, s_out = _shape(x), _shape(out)
@@ -669,6 +685,7 @@ _RULES = {
     "squeeze": _squeeze, "transpose": _transpose, "expand": _expand, "tile": _tile, "concat": _concat,
     "split": _split, "slice": _slice, "gather": _gather, "reduce": _reduce, "argreduce": _reduce,
     "matmul": _matmul, "gemm": _gemm, "conv": _conv, "gathernd": _gathernd, "scatternd": _scatternd,
+    "scatterelements": _scatterelements,
     "attention": _attention, "range": _no_constraint, "fill": _no_constraint, "nodata": _no_constraint,
 }
 
@@ -711,19 +728,32 @@ def _cache_seeds(graph: ir.Graph) -> list[tuple[ir.Node, ir.Value, ir.Value, int
     return found
 
 
-def _cache_written_in_place(graph: ir.Graph) -> ir.Node | None:
-    """A ScatterND / ScatterElements whose data is a graph input (through layout ops): a static
-    cache updated at the step's positions."""
+def _static_cache_writes(graph: ir.Graph) -> list[tuple[ir.Node, int, int]]:
+    """A static cache: a graph input (through layout ops) written in place at the step's
+    positions, ``ScatterElements(cache, positions, new, axis)`` or ``ScatterND(cache,
+    positions [S, 1], new)``: (node, the buffer's sequence axis, the new entries' one). Raises
+    when a graph input is written in another way."""
     inputs = set(graph.inputs)
+    found = []
     for node in graph:
-        if node.op_type not in ("ScatterND", "ScatterElements") or not node.inputs:
+        if node.op_type not in ("ScatterND", "ScatterElements") or len(node.inputs) < 3:
             continue
         v = node.inputs[0]
-        while v is not None and v not in inputs and v.producer() is not None and v.producer().op_type in ("Transpose", "Identity", "Reshape"):
+        while v is not None and v not in inputs and v.producer() is not None and v.producer().op_type in ("Transpose", "Identity"):
             v = v.producer().inputs[0]
-        if v in inputs:
-            return node
-    return None
+        if v not in inputs:
+            continue
+        sd, si, su = (_shape(x) for x in node.inputs[:3])
+        if sd is None or si is None or su is None:
+            raise TokensError("a cache written in place with unknown shapes", node)
+        if node.op_type == "ScatterElements":
+            axis = norm_axis(attr(node, "axis", 0), len(sd))
+            found.append((node, axis, axis))
+        elif len(si) == 2 and si[1] == 1 and attr(node, "reduction", "none") == "none":
+            found.append((node, 0, 0))  # positions [S, 1] index the buffer's first axis
+        else:
+            raise TokensError(f"a cache written in place by ScatterND with indices {si}: only [new tokens, 1] position updates are rebuilt", node)
+    return found
 
 
 # -- the rebuild --------------------------------------------------------------------------------
@@ -747,10 +777,8 @@ def rebuild_for_tokens(model: ir.Model, tokens: int, context: int | None = None,
             raise TokensError(f"graph input {v.name!r} has a symbolic or unknown shape; --ar-tokens rebuilds static-shape models (a model with a symbolic sequence length already takes any number of tokens)")
     seeds = _cache_seeds(graph)
     attention_ops = [n for n in graph if n.op_type == "Attention" and n.domain in ("", "ai.onnx") and len(n.inputs) > 4 and n.inputs[4] is not None]
-    if not seeds and not attention_ops:
-        written = _cache_written_in_place(graph)
-        if written is not None:
-            raise TokensError("the KV cache is a full-context buffer written in place (a static cache): not supported; export with caches concatenated (past + new)", written)
+    writes = _static_cache_writes(graph) if not seeds and not attention_ops else []
+    if not seeds and not attention_ops and not writes:
         raise TokensError("no KV cache found (a graph input concatenated with the new keys or values, or an Attention op with past inputs): only cached decoders can be rebuilt for another number of tokens")
     s_old = p_old = None
     for node, past, new, axis in seeds:
@@ -763,6 +791,10 @@ def rebuild_for_tokens(model: ir.Model, tokens: int, context: int | None = None,
         if ks is None or ps is None or len(ks) != 4:
             raise TokensError("the Attention op's key / past shapes are not static 4-D", node)
         s_old, p_old = _agree(s_old, ks[2], "new tokens", node), _agree(p_old, ps[2], "past length", node)
+    for node, data_axis, update_axis in writes:
+        sd, su = _shape(node.inputs[0]), _shape(node.inputs[2])
+        s_old = _agree(s_old, su[update_axis], "new tokens", node)
+        p_old = _agree(p_old, sd[data_axis] - su[update_axis], "past length", node)
     if p_old == 0:
         raise TokensError("the model's past length is 0: its past axes cannot be told apart")
     c_old = s_old + p_old
@@ -775,6 +807,11 @@ def rebuild_for_tokens(model: ir.Model, tokens: int, context: int | None = None,
     report = RebuildReport(s_old, p_old, tokens, context - tokens, context)
 
     prop = _Propagation(graph, {"S": s_old, "P": p_old, "T": c_old})
+    for node, data_axis, update_axis in writes:
+        # A static cache: the buffer holds the whole context; the step writes its new tokens.
+        prop.constraints.append(("seed", node.inputs[0], data_axis, Label("T"), node))
+        prop.constraints.append(("seed", node.inputs[2], update_axis, Label("S"), node))
+        prop.constraints.append(("seed", node.outputs[0], data_axis, Label("T"), node))
     for node, past, new, axis in seeds:
         prop.constraints.append(("seed", past, axis, Label("P"), node))
         prop.constraints.append(("seed", new, axis, Label("S"), node))
@@ -1011,6 +1048,12 @@ def _plan_node(node: ir.Node, prop: _Propagation, new_shape, plan: _Plan, report
             for a in range(b, b + s_idx[-1]):
                 if n_data[a] != s_data[a]:
                     raise TokensError(f"a {op} addresses positions of a sequence axis whose size the rebuild changes (axis {a}: {s_data[a]} -> {n_data[a]})", node)
+        return
+    if op == "ScatterElements":
+        s_data = _shape(ins[0])
+        axis = norm_axis(attr(node, "axis", 0), len(s_data))
+        if new_shape(ins[0])[axis] != s_data[axis]:
+            raise TokensError("a ScatterElements writes positions of a sequence axis whose size the rebuild changes", node)
         return
     if op in ("CumSum", "Trilu"):
         if new_shape(ins[0]) != _shape(ins[0]):

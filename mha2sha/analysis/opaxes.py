@@ -42,6 +42,7 @@ Kinds only the tokens rebuild reads (``heads=False``):
   gathernd / scatternd   GatherND: the index axes (but the last) then the data axes after
                the indexed ones; ScatterND: the output has the data's axes, the updates' axes
                are the index axes (but the last) then the data axes after the indexed ones
+  scatterelements  the output has the data's axes; indices and updates share theirs
   attention    the opset-23 Attention op (past inputs are the cache)
   range / fill an output axis made from scalars or a shape operand (Range, ConstantOfShape)
   nodata       the outputs carry no axis of the data (Shape, Size, Constant)
@@ -135,6 +136,7 @@ TABLE: dict[str, OpAxes] = {
     "Conv": OpAxes("conv", params=(1, 2), heads=False),
     "GatherND": OpAxes("gathernd", heads=False),  # the indices (input 1) are data
     "ScatterND": OpAxes("scatternd", heads=False),
+    "ScatterElements": OpAxes("scatterelements", heads=False),
     "Attention": OpAxes("attention", outputs=None, heads=False),
     "Range": OpAxes("range", params=(0, 1, 2), heads=False),
     "ConstantOfShape": OpAxes("fill", params=(0,), heads=False),
