@@ -11,8 +11,9 @@ from there to the version's entry parser, which keeps its numbers as numpy array
 memory is one chunk, one entry and the arrays; time is about that of ``json.loads``.
 
 Why not ijson: its C backend builds objects without a hook, so a key written twice in one
-object silently keeps the last value, and its per-event interface costs about twice
-``json.loads`` before any work is done (bench/bench_encodings.py prints both).
+object silently keeps the last value; seeing every key means its per-event interface, whose
+bare walk already costs about what ``json.loads`` does (1.05-1.5x the cpu at 200 MB) before
+a Python step per event (tens of millions) is added (bench/bench_encodings.py prints it).
 
 Every object, at every depth, refuses a key written twice (JSON would keep the last value):
 entries through ``object_pairs_hook``, the top level and the 0.6.1 sections here.

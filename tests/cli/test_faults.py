@@ -349,6 +349,12 @@ def _negative_input_dim(proto):
     proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -3
 
 
+def _zero_input_dim(proto):
+    # the sequence of the hidden states 0 where the model's mask fixes it (0 itself is valid:
+    # an empty KV cache at the first step): onnx.checker's shape inference names the conflict
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 0
+
+
 def _negative_initializer_dim(proto):
     t = next(t for t in proto.graph.initializer if len(t.dims) == 2)
     t.dims[0] = -t.dims[0]
@@ -384,6 +390,7 @@ INVALID_MODELS = {
     "inline data shorter than its dims": (_short_inline, "holds"),
     "1e12 declared elements with a few KB": (_huge_declared, "1000000"),
     "negative graph input dim": (_negative_input_dim, "-3"),
+    "zero graph input dim that the graph contradicts": (_zero_input_dim, "shape inference"),
     "negative initializer dim": (_negative_initializer_dim, "negative dimension"),
     "opset newer than onnx knows": (_future_opset, "newer than the installed onnx"),
     "opset-7 model with a newer op": (_old_opset_new_op, "Gelu"),

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from fuzz import AttentionConfig, build, make_encodings
 from fuzz.strategies import attention_configs, encoding_schemes
 from mha2sha.api import ConvertOptions, convert
+from mha2sha.correspondence import block_correspondence
 from mha2sha.encodings import numeric_encodings, read_encodings
 from mha2sha.graph.io import load_model
-from mha2sha.correspondence import block_correspondence
 from verify.run import verify_models
 
 
