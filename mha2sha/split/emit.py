@@ -7,11 +7,17 @@ whose key (the head digits they depend on) is the same for several heads are bui
 a K/V projection is shared by the query heads of its kv group. Where the original graph
 reads a block tensor outside the block (the output projection, a present-KV output), the
 heads are concatenated back into the original tensor, which keeps its name.
+
+The parts: this module holds the BlockSplitter (naming, the piece cache, node building, the
+leaves and projections, the replay of one head's emission for the others, putting heads back
+together); split/handlers.py the per-op handlers, registered by op type or op-axis kind;
+split/rope.py and split/attention_op.py the RoPE and Attention-op forms; split/records.py
+the splitter's record of what it did.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -25,7 +31,6 @@ from mha2sha.analysis.layout import (
     head_atoms,
     key_of,
     per_head_layout,
-    same_atoms,
 )
 from mha2sha.errors import Refusal
 from mha2sha.graph.build import add_constant, axes_of, fresh_name
@@ -36,75 +41,11 @@ from mha2sha.graph.ir_utils import (
     const_tensor,
     dims,
     is_const,
-    node_opset,
-    norm_axis,
 )
-from mha2sha.split import rope
+from mha2sha.split import handlers, rope
+from mha2sha.split.records import IOSplit, ParamSlice, SplitRecord
 
 SplitError = Refusal  # the splitter's refusals are the converter's one refusal type
-
-
-@dataclass
-class ParamSlice:
-    """A weight (or constant) sliced for one head: which source entries along which axis."""
-
-    source: str
-    target: str
-    axis: int
-    indices: tuple[int, ...]
-    source_shape: tuple[int, ...]
-
-
-@dataclass
-class IOSplit:
-    """A graph input or output replaced by one tensor per (kv) head.
-
-    Head piece ``names[i]`` is ``np.take(original, indices[i], axis=axis)`` (the axis
-    removed), so the original is ``np.stack(pieces, axis=axis)`` in this order.
-
-    ``graph_layout`` says how the pieces appear at the graph's boundary: "pieces" (each piece
-    is a graph input/output of its own) or "head_major" (one graph input/output named
-    ``original`` holds ``np.stack(pieces in head order, axis=0)``; the pieces are tensors
-    inside the graph: mha2sha.passes.head_major_io).
-    """
-
-    original: str
-    kind: str  # "input" or "output"
-    axis: int
-    names: list[str]
-    indices: list[int]
-    graph_layout: str = "pieces"
-
-
-@dataclass
-class SplitRecord:
-    """What the split did to tensor names, for encodings and verification."""
-
-    block: str
-    activations: dict[str, list[str]] = field(default_factory=dict)  # MHA tensor -> SHA tensors
-    params: list[ParamSlice] = field(default_factory=list)
-    # The block as a standalone function, named by tensors that both the MHA and the SHA
-    # model have: what it reads (non-constant) and what it writes (heads reassembled).
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    # Graph inputs/outputs replaced by one tensor per (kv) head (KV caches), by original name.
-    io_splits: dict[str, IOSplit] = field(default_factory=dict)
-
-    _members: dict[str, set[str]] = field(default_factory=dict, repr=False)  # activations as sets
-
-    def add_activation(self, original: str, piece: str) -> None:
-        members = self._members.setdefault(original, set())
-        if piece not in members and piece != original:
-            members.add(piece)
-            self.activations.setdefault(original, []).append(piece)
-
-    def rename_piece(self, old: str, new: str) -> None:
-        for original, pieces in self.activations.items():
-            members = self._members.get(original, set())
-            if old in members:
-                pieces[pieces.index(old)] = new
-                members.discard(old)
-                members.add(new)
 
 
 def _shape_of(layout: Layout) -> ir.Shape:
@@ -113,17 +54,6 @@ def _shape_of(layout: Layout) -> ir.Shape:
         s = ax.size
         out.append(s if isinstance(s, int) else (ir.SymbolicDim(s) if isinstance(s, str) else ir.SymbolicDim(None)))
     return ir.Shape(out)
-
-
-def _remap(axis: int, rank: int, removed: list[int]) -> int:
-    axis = norm_axis(axis, rank)
-    if axis in removed:
-        raise SplitError("an op works along a head axis")
-    return axis - sum(1 for r in removed if r < axis)
-
-
-def _same_sizes(a: Layout, b: Layout) -> bool:
-    return len(a) == len(b) and all(same_atoms(x.atoms, y.atoms) for x, y in zip(a, b))
 
 
 # Where a recorded node input comes from, per head: the handler's input piece i, output k
@@ -585,14 +515,14 @@ class BlockSplitter:
     def _run_handler(self, inst: Instance, ins: list, head: int, tag: str, *, record: bool) -> dict[int, ir.Value]:
         # A handler for the op itself, else the one for its kind in the op-axis table.
         op = inst.node.op_type
-        handler = getattr(self, f"_op_{op}", None) or getattr(self, f"_op_{opaxes.kind_of(op)}", self._op_same)
+        handler = handlers.lookup(op, opaxes.kind_of(op))
         if not record:
-            return handler(inst, ins, head, tag)
+            return handler(self, inst, ins, head, tag)
         outer = (self._recording, self._bases, self._replayable)
         self._recording, self._bases, self._replayable = [], {}, True
         emissions = self._emissions
         try:
-            results = handler(inst, ins, head, tag)
+            results = handler(self, inst, ins, head, tag)
             replayable = self._replayable and self._emissions == emissions
             recipe = self._make_recipe(ins, results, f"{self.block.name}.{tag}.") if replayable else None
         finally:
@@ -735,277 +665,6 @@ class BlockSplitter:
         out = self._value(self._name(tag, node.outputs[index].name, "requantized"), node.outputs[index], per_head_layout(inst.outputs[index], self.space)[0])
         self._node("Identity", [piece], None, f"{self.block.name}.{tag}.{node.name or node.op_type}", [out])
         return {index: out}
-
-    def _op_same(self, inst, ins, head, tag):
-        return self._clone(inst, ins, head, tag)
-
-    def _in_removed(self, inst: Instance, i: int = 0) -> tuple[int, list[int]]:
-        layout = inst.inputs[i]
-        _, removed = per_head_layout(layout, self.space)
-        return len(layout), removed
-
-    def _op_Softmax(self, inst, ins, head, tag):
-        rank, removed = self._in_removed(inst)
-        default = -1 if node_opset(inst.node) >= 13 else 1
-        return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", default), rank, removed)})
-
-    _op_softmax = _op_Softmax
-
-    def _op_Transpose(self, inst, ins, head, tag):
-        rank, removed_in = self._in_removed(inst)
-        perm = attr(inst.node, "perm") or list(reversed(range(rank)))
-        new_perm = [_remap(p, rank, removed_in) for p in perm if p not in removed_in]
-        if new_perm == list(range(len(new_perm))):
-            return self._alias(inst, ins[0], 0, tag)
-        return self._clone(inst, ins, head, tag, {"perm": new_perm})
-
-    def _reshape_to(self, inst, ins, head, tag) -> dict[int, ir.Value]:
-        in_per, _ = per_head_layout(inst.inputs[0], self.space)
-        out_per, _ = per_head_layout(inst.outputs[0], self.space)
-        if _same_sizes(in_per, out_per):
-            return self._alias(inst, ins[0], 0, tag)
-        target: list[int] = []
-        unknown = 0
-        for i, ax in enumerate(out_per):
-            size = ax.size
-            if isinstance(size, int):
-                target.append(size)
-            elif i < len(in_per) and same_atoms(in_per[i].atoms, ax.atoms):
-                target.append(0)
-            else:
-                unknown += 1
-                target.append(-1)
-        outs = self._outputs_for(inst, head, tag)
-        if unknown > 1:
-            shape_value = self._runtime_target(inst, out_per, tag, ins[0])
-        else:
-            shape_value = self._ints(tag, "shape", target)
-        self._node("Reshape", [ins[0], shape_value], None, f"{self.block.name}.{tag}.{inst.node.name or 'Reshape'}", [outs[0]])
-        return {0: outs[0]}
-
-    def _runtime_target(self, inst: Instance, out_per: Layout, tag: str, piece: ir.Value) -> ir.Value:
-        """A per-head Reshape target with several run-time sizes. Shared by every head."""
-        key = ("target", id(inst.node), out_per)
-        cached = self.emitted.get(key)
-        if cached is not None:
-            return cached.outputs[0]
-        self._shared += 1  # made once, read by every head: not part of a recipe
-        try:
-            target = self._target_from_original(inst, out_per)
-            if target is None:
-                target = self._target_from_input(inst, out_per, piece)
-        finally:
-            self._shared -= 1
-        self.emitted[key] = target.producer()
-        return target
-
-    def _target_from_original(self, inst: Instance, out_per: Layout) -> ir.Value | None:
-        """The original target with the head-dependent sizes replaced by static ones
-        (x.view(B, S, 3E) -> per head (B, S, D)), when every other size is unchanged."""
-        original_target = inst.node.inputs[1]
-        if inst.node.op_type != "Reshape" or original_target is None:
-            return None
-        out_layout = inst.outputs[0]
-        _, removed = per_head_layout(out_layout, self.space)
-        kept_axes = [i for i in range(len(out_layout)) if i not in removed]
-        static, mask = [], []
-        for per_axis, orig_axis in zip(out_per, kept_axes):
-            if isinstance(per_axis.size, int):
-                static.append(per_axis.size)
-                mask.append(True)
-            elif same_atoms(per_axis.atoms, self.space.refine_axis(out_layout[orig_axis]).atoms):
-                static.append(0)
-                mask.append(False)
-            else:
-                return None
-        gathered = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.kept_dims"), None, dtype=ir.DataType.INT64)
-        self._node("Gather", [original_target, self._ints("shared", "kept_axes", kept_axes)], {"axis": 0}, f"{self.block.name}.target_gather", [gathered])
-        mask_value = self._const(f"{self.block.name}.shared.static_mask", np.array(mask, dtype=np.bool_))
-        target = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.per_head_shape"), None, dtype=ir.DataType.INT64)
-        self._node("Where", [mask_value, self._ints("shared", "static_dims", static), gathered], None, f"{self.block.name}.target_where", [target])
-        return target
-
-    def _target_from_input(self, inst: Instance, out_per: Layout, piece: ir.Value) -> ir.Value:
-        """Each output size static, or an input size (times or divided by a static factor:
-        [B*M, S, D] <-> [B, M, S, D]), read from the shape of the head's input."""
-        in_per, _ = per_head_layout(inst.inputs[0], self.space)
-        shape_in = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.input_shape"), None, dtype=ir.DataType.INT64)
-        self._node("Shape", [piece], None, f"{self.block.name}.target_shape", [shape_in])
-        parts: list[ir.Value] = []
-        for ax in out_per:
-            if isinstance(ax.size, int):
-                parts.append(self._ints("shared", "dim", [ax.size]))
-                continue
-            parts.append(self._dim_from_input(ax, in_per, shape_in, inst))
-        target = self._value(self._unique(f"{self.block.name}.{inst.node.name or 'Reshape'}.per_head_shape"), None, dtype=ir.DataType.INT64)
-        self._node("Concat", parts, {"axis": 0}, f"{self.block.name}.target_concat", [target])
-        return target
-
-    def _dim_from_input(self, ax: Axis, in_per: Layout, shape_in: ir.Value, inst: Instance) -> ir.Value:
-        def static_product(atoms) -> int | None:
-            total = 1
-            for a in atoms:
-                if not isinstance(a.extent, int):
-                    return None
-                total *= a.extent
-            return total
-
-        for j, in_ax in enumerate(in_per):
-            dim = self._value(self._unique(f"{self.block.name}.dim{j}"), None, dtype=ir.DataType.INT64)
-            if same_atoms(in_ax.atoms, ax.atoms):
-                self._node("Gather", [shape_in, self._ints("shared", "index", [j])], {"axis": 0}, f"{self.block.name}.target_dim", [dim])
-                return dim
-            extra_in = [a for a in in_ax.atoms if not any(a.same_as(b) for b in ax.atoms)]
-            extra_out = [a for a in ax.atoms if not any(a.same_as(b) for b in in_ax.atoms)]
-            shared = len(in_ax.atoms) - len(extra_in)
-            if not shared:
-                continue
-            if not extra_out and static_product(extra_in):
-                op, factor = "Div", static_product(extra_in)
-            elif not extra_in and static_product(extra_out):
-                op, factor = "Mul", static_product(extra_out)
-            else:
-                continue
-            picked = self._value(self._unique(f"{self.block.name}.dim{j}_in"), None, dtype=ir.DataType.INT64)
-            self._node("Gather", [shape_in, self._ints("shared", "index", [j])], {"axis": 0}, f"{self.block.name}.target_dim", [picked])
-            self._node(op, [picked, self._ints("shared", "factor", [factor])], None, f"{self.block.name}.target_{op.lower()}", [dim])
-            return dim
-        raise SplitError("a per-head Reshape size cannot be derived from its input's shape", inst.node)
-
-    _op_reshape = _reshape_to
-    _op_squeeze = _reshape_to
-    _op_unsqueeze = _reshape_to
-
-    def _op_Expand(self, inst, ins, head, tag):
-        in_per, _ = per_head_layout(inst.inputs[0], self.space)
-        out_per, _ = per_head_layout(inst.outputs[0], self.space)
-        if _same_sizes(in_per, out_per):
-            return self._alias(inst, ins[0], 0, tag)
-        shift = len(out_per) - len(in_per)
-        shape = []
-        for i, ax in enumerate(out_per):
-            j = i - shift
-            if j >= 0 and same_atoms(in_per[j].atoms, ax.atoms):
-                shape.append(1)
-            elif isinstance(ax.size, int):
-                shape.append(ax.size)
-            else:
-                raise SplitError("a per-head Expand to a run-time size", inst.node)
-        return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], self._ints(tag, "shape", shape)])
-
-    def _op_Tile(self, inst, ins, head, tag):
-        in_per, _ = per_head_layout(inst.inputs[0], self.space)
-        out_per, _ = per_head_layout(inst.outputs[0], self.space)
-        if _same_sizes(in_per, out_per):
-            return self._alias(inst, ins[0], 0, tag)
-        if len(in_per) != len(out_per):
-            # The repeat disappeared with the head axis: only unit axes differ.
-            return self._reshape_to(inst, ins, head, tag)
-        reps = []
-        for a, b in zip(in_per, out_per):
-            if same_atoms(a.atoms, b.atoms):
-                reps.append(1)
-            elif isinstance(a.size, int) and isinstance(b.size, int):
-                reps.append(b.size // a.size)
-            else:
-                raise SplitError("a per-head Tile of a run-time size", inst.node)
-        return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], self._ints(tag, "repeats", reps)])
-
-    def _op_Concat(self, inst, ins, head, tag):
-        rank, removed = self._in_removed(inst)
-        return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis"), rank, removed)})
-
-    def _window_alias(self, inst, ins, tag: str) -> dict[int, ir.Value] | None:
-        """Split/Slice/Gather that only pick this path's window: the head's piece is the input's."""
-        out_index, out_layout = next(iter(inst.outputs.items()))
-        in_layout = inst.inputs[0]
-        in_per, _ = per_head_layout(in_layout, self.space)
-        out_per, _ = per_head_layout(out_layout, self.space)
-        if any(ax.is_window for ax in in_layout) and _same_sizes(in_per, out_per):
-            return self._alias(inst, ins[0], out_index, tag)
-        return None
-
-    def _op_Split(self, inst, ins, head, tag):
-        alias = self._window_alias(inst, ins, tag)
-        if alias is not None:
-            return alias
-        self._replayable = False  # one Split per distinct input piece, cached below
-        rank, removed = self._in_removed(inst)
-        key = (id(inst.node), inst.inputs[0], key_of(inst.inputs[0], self.space, head))
-        node = self.emitted.get(key)
-        if node is None:
-            axis = _remap(attr(inst.node, "axis", 0), rank, removed)
-            outs = [self._value(self._name(tag, o.name, "split"), o) for o in inst.node.outputs]
-            attributes = {k: a for k, a in inst.node.attributes.items()}
-            attributes["axis"] = axis
-            node = self._node("Split", ins, attributes, f"{self.block.name}.{tag}.{inst.node.name or 'Split'}", outs, version=inst.node.version)
-            self.emitted[key] = node
-        return {idx: node.outputs[idx] for idx in inst.outputs}
-
-    def _op_Slice(self, inst, ins, head, tag):
-        alias = self._window_alias(inst, ins, tag)
-        if alias is not None:
-            return alias
-        rank, removed = self._in_removed(inst)
-        if node_opset(inst.node) < 10:
-            axes = attr(inst.node, "axes") or list(range(len(attr(inst.node, "starts"))))
-            return self._clone(inst, ins, head, tag, {"axes": [_remap(a, rank, removed) for a in axes]})
-        new_inputs = list(ins)
-        if len(ins) > 3 and ins[3] is not None:
-            axes = [int(a) for a in const_array(inst.node.inputs[3]).reshape(-1)]
-        else:
-            axes = list(range(len(const_array(inst.node.inputs[1]).reshape(-1))))
-        remapped = [_remap(a, rank, removed) for a in axes]
-        while len(new_inputs) < 4:
-            new_inputs.append(None)
-        new_inputs[3] = self._ints(tag, "axes", remapped)
-        return self._clone(inst, ins, head, tag, extra_inputs=new_inputs)
-
-    def _op_Gather(self, inst, ins, head, tag):
-        alias = self._window_alias(inst, ins, tag)
-        if alias is not None:
-            return alias
-        if inst.node.inputs[1] is not None and const_array(inst.node.inputs[1]) is not None and const_array(inst.node.inputs[1]).ndim == 0 and inst.inputs[0][norm_axis(attr(inst.node, "axis", 0), len(inst.inputs[0]))].is_window:
-            # The head's piece already holds the picked index (fused [B, S, 3, H, D]).
-            return self._reshape_to(inst, ins, head, tag)
-        rank, removed = self._in_removed(inst)
-        return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", 0), rank, removed)})
-
-    def _op_LayerNormalization(self, inst, ins, head, tag):
-        rank, removed = self._in_removed(inst)
-        return self._clone(inst, ins, head, tag, {"axis": _remap(attr(inst.node, "axis", -1), rank, removed)})
-
-    _op_norm = _op_LayerNormalization
-
-    def _op_reduce(self, inst, ins, head, tag):
-        rank, removed = self._in_removed(inst)
-        axes = attr(inst.node, "axes")
-        if axes is not None:
-            return self._clone(inst, ins, head, tag, {"axes": [_remap(a, rank, removed) for a in axes]})
-        if len(ins) > 1 and ins[1] is not None:
-            arr = const_array(inst.node.inputs[1])
-            new_axes = self._ints(tag, "axes", [_remap(int(a), rank, removed) for a in arr.reshape(-1)])
-            return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], new_axes])
-        return self._clone(inst, ins, head, tag)
-
-
-    def _op_CumSum(self, inst, ins, head, tag):
-        rank, removed = self._in_removed(inst)
-        axis = _remap(int(const_array(inst.node.inputs[1])), rank, removed)
-        axis_value = self._const(f"{self.block.name}.{tag}.axis", np.array(axis, dtype=np.int64))
-        return self._clone(inst, ins, head, tag, extra_inputs=[ins[0], axis_value])
-
-    def _op_RotaryEmbedding(self, inst, ins, head, tag):
-        per, _ = per_head_layout(inst.inputs[0], self.space)
-        if len(per) == 3:
-            return self._clone(inst, ins, head, tag, {"num_heads": 1})
-        return self._clone(inst, ins, head, tag)
-
-    def _op_Attention(self, inst, ins, head, tag):
-        # Primitive ops per head, not a one-head Attention node (QNN cannot run those).
-        from mha2sha.split import attention_op
-
-        return attention_op.emit(self, inst, ins, head, tag)
 
     # -- putting heads back together -------------------------------------------------
     def per_head_outputs(self, value: ir.Value, layout: Layout) -> IOSplit | None:
