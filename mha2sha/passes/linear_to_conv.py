@@ -20,6 +20,7 @@ import onnx_ir as ir
 from mha2sha.graph.build import add_constant, fresh_name
 from mha2sha.graph.derived import LinearAsConv, derive_from, derived_tensor
 from mha2sha.graph.ir_utils import attr, const_array, const_tensor, dims, is_const
+from mha2sha.split.rope import is_rotation
 
 
 @dataclass
@@ -94,6 +95,8 @@ def _weight_for_conv(node: ir.Node) -> tuple[ir.TensorProtocol, ir.Value, int, i
         return None
     tensor = const_tensor(w)
     rows, cols = (int(d) for d in tensor.shape)
+    if node.op_type == "MatMul" and is_rotation(tensor):
+        return None  # RoPE's rotate-half (mha2sha.split.rope) is a permutation, not a projection
     out_channels, in_channels = (cols, rows) if transpose else (rows, cols)
     derivation = derive_from(tensor, lambda t: LinearAsConv(t, transpose=transpose, alpha=alpha))
     return derived_tensor(derivation, [out_channels, in_channels, 1, 1], w.name or "weight"), w, old_axis, out_channels

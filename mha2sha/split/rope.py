@@ -179,3 +179,13 @@ def emit_rotate_half(em, inst, head: int, tag: str) -> dict[int, ir.Value] | Non
     out = em._value(em._name(tag, node.outputs[0].name, "rotate_half"), node.outputs[0], out_per)
     em._node("MatMul", [piece, rotation], None, f"{em.block.name}.{tag}.rotate_half", [out])
     return {0: out}
+
+
+def is_rotation(tensor) -> bool:
+    """Whether a constant (an ir tensor) is the R above: square, at most 1024 wide (only
+    those are read)."""
+    shape = [int(d) for d in tensor.shape]
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] % 2 or shape[0] > 1024:
+        return False
+    values = tensor.numpy()
+    return bool(np.array_equal(values, rotation_matrix(shape[0], values.dtype)))

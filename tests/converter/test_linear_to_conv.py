@@ -12,12 +12,21 @@ from fuzz import AttentionConfig, build
 from mha2sha.passes.cleanup import cleanup
 from mha2sha.passes.linear_to_conv import linear_to_conv
 from mha2sha.pipeline import _all_names, split_model
+from mha2sha.split.rope import rotation_matrix
 from tests.converter.conftest import merge_outputs, run_ort, sha_feeds
 
 
 def _const_weight_linears(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    inits = {t.name for t in model.graph.initializer}
-    return [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits]
+    """Projections: MatMul/Gemm by a constant weight, but not RoPE's rotate-half by its
+    signed permutation (a reordering of the head's channels, left a MatMul)."""
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def rotation(name: str) -> bool:
+        w = onnx.numpy_helper.to_array(inits[name])
+        return w.ndim == 2 and w.shape[0] == w.shape[1] and np.array_equal(w, rotation_matrix(w.shape[0], w.dtype))
+
+    return [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits
+            and not rotation(n.input[1])]
 
 
 @pytest.mark.parametrize(
