@@ -33,6 +33,32 @@ def _carries_heads(layout, space) -> bool:
     return any(not a.broadcast for a in head_atoms(layout, space))
 
 
+_IN_PLACE = ("ScatterND", "ScatterElements")
+_VIEWS = ("Transpose", "Identity")
+STATIC_REASON = ("it is a full-context buffer written in place ({op}: a static cache); caches are made one "
+                 "per kv head where the block reads a graph input or concatenates it with the new entries")
+
+
+def _written_in_place(value):
+    """(scatter node, the graph input it writes, the graph outputs it becomes) when ``value`` is
+    a static cache: a graph input, through views, written by ScatterND / ScatterElements."""
+    node = value.producer()
+    if node is None or node.op_type not in _IN_PLACE or not node.inputs:
+        return None
+    data = node.inputs[0]
+    while data is not None and not data.is_graph_input() and data.producer() is not None and data.producer().op_type in _VIEWS:
+        data = data.producer().inputs[0]
+    if data is None or not data.is_graph_input():
+        return None
+    outputs, todo = [], [value]
+    while todo:
+        v = todo.pop()
+        if v.is_graph_output():
+            outputs.append(v)
+        todo += [u.node.outputs[0] for u in v.uses() if u.node.op_type in _VIEWS]
+    return node, data, outputs
+
+
 def cache_candidates(block) -> list[dict]:
     """Before the split: the graph inputs the block reads and the graph outputs it writes on
     its key/value paths that carry heads, with the reason they would stay whole."""
@@ -41,6 +67,12 @@ def cache_candidates(block) -> list[dict]:
         value = leaf.value
         if leaf.path in ("k", "v") and value.is_graph_input() and _carries_heads(leaf.layout, block.space) and value.name not in out:
             out[value.name] = {"tensor": value.name, "kind": "input", "block": block.name, "reason": _reason(leaf.layout, block.space)}
+        static = _written_in_place(value) if leaf.path in ("k", "v") and _carries_heads(leaf.layout, block.space) else None
+        if static is not None:
+            node, data, outputs = static
+            reason = STATIC_REASON.format(op=node.op_type)
+            for v, kind in [(data, "input")] + [(o, "output") for o in outputs]:
+                out.setdefault(v.name, {"tensor": v.name, "kind": kind, "block": block.name, "reason": reason})
     for (value, layout), (inst, _idx) in block.produced.items():
         if inst.path in ("k", "v") and value.is_graph_output() and _carries_heads(layout, block.space) and value.name not in out:
             out[value.name] = {"tensor": value.name, "kind": "output", "block": block.name, "reason": _reason(layout, block.space)}

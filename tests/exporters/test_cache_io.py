@@ -90,3 +90,30 @@ def test_a_cache_that_stays_whole_is_named_and_strict_refuses_it(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mha2sha: error:")]
     assert len(errors) == 1 and "--strict" in errors[0] and "past_" in errors[0] and "cannot be given per head" in errors[0]
     assert not list((tmp_path / "strict").glob("*.onnx"))
+
+
+def test_a_static_cache_buffer_stays_whole_with_the_reason(tmp_path):
+    """Hugging Face StaticCache (dynamo): the cache inputs are full-context buffers written in
+    place by ScatterND; they are not split per head, and the report and the console say so;
+    --kv-cache-io per-head --strict refuses the run. The SHA model still computes the export."""
+    case = ExportCase("llama", True, 18, "eager", {"num_key_value_heads": 2}, layers=1, decode=True, static_cache=True)
+    path = tmp_path / "model.onnx"
+    feeds = export(case, path)
+    proc = _cli("convert", path, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "verification_report.json").read_text())
+    whole = {c["tensor"]: c for c in report["whole_caches"] if c["kind"] == "input"}
+    assert set(whole) == {"cache_key_0", "cache_value_0"}
+    assert all("written in place" in c["reason"] and "ScatterND" in c["reason"] for c in whole.values())
+    lines = [line for line in proc.stderr.splitlines() if "cache_key_0" in line and "stays whole" in line]
+    assert len(lines) == 1 and "static cache" in lines[0], proc.stderr[-2000:]
+    (sha,) = (tmp_path / "out").glob("*_sha.onnx")
+    expected, got = _run(path, feeds), _run(sha, feeds)
+    for name, want in expected.items():
+        parts = sorted(k for k in got if k.startswith(f"{name}_h"))
+        value = np.stack([got[k] for k in parts], axis=1) if parts else got[name]
+        np.testing.assert_allclose(value, want, rtol=0, atol=1e-5 * max(1.0, float(np.abs(want).max())), err_msg=name)
+    proc = _cli("convert", path, "-o", tmp_path / "strict", "--kv-cache-io", "per-head", "--strict")
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mha2sha: error:")]
+    assert len(errors) == 1 and "cache_" in errors[0] and "static cache" in errors[0], errors
