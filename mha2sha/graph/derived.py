@@ -58,14 +58,19 @@ class LinearAsConv(Derivation):
         return np.ascontiguousarray(out).reshape(out.shape[0], out.shape[1], 1, 1)
 
 
-def transposed(array: np.ndarray, tile: int = 64) -> np.ndarray:
-    """``array.T`` as a new C-ordered array, copied tile by tile: numpy's own strided copy
-    of a large matrix misses the cache on every element (3.5x slower on a 4096 x 11008
-    float16 weight, measured)."""
+def transposed(array: np.ndarray, tile: int = 64, out: np.ndarray | None = None) -> np.ndarray:
+    """``array.T`` as a new C-ordered array (or into ``out``), copied tile by tile: numpy's
+    own strided copy of a large matrix misses the cache on every element (3.5x slower on a
+    4096 x 11008 float16 weight, measured)."""
     rows, cols = array.shape
-    if rows * cols < 1 << 16:
+    if out is not None:
+        if rows * cols < 1 << 16:
+            out[...] = array.T
+            return out
+    elif rows * cols < 1 << 16:
         return np.ascontiguousarray(array.T)
-    out = np.empty((cols, rows), array.dtype)
+    else:
+        out = np.empty((cols, rows), array.dtype)
     for i in range(0, rows, tile):
         for j in range(0, cols, tile):
             out[j:j + tile, i:i + tile] = array[i:i + tile, j:j + tile].T

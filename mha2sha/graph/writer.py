@@ -23,6 +23,7 @@ second name would make the input's own data file unloadable too.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import threading
 import time
@@ -145,8 +146,9 @@ def _reference(location: str, offset: int, length: int, like, name: str, out_dir
     return ir.ExternalTensor(location, offset, length, like.dtype, shape=like.shape, name=name, base_dir=str(out_dir))
 
 
-_WHOLE_SOURCE_BYTES = 128 << 20
-_CHUNK_BYTES = 8 << 20
+_WHOLE_SOURCE_BYTES = 16 << 20  # a transposed source read whole into the scratch buffer
+_CHUNK_BYTES = 8 << 20  # transposed output written at a time
+_BAND_BYTES = 4 << 20  # source rows mapped at a time while a chunk is transposed
 
 
 def _read_into(fd: int, view: memoryview, offset: int, path) -> None:
@@ -245,7 +247,10 @@ class _Producer:
         """Weights that are column blocks of the source, transposed (Conv layouts of a
         MatMul weight, per head or whole), written in chunks of output rows: never a whole
         transposed copy. A source up to _WHOLE_SOURCE_BYTES is read once whole; a larger
-        one (an LM head) a column block at a time, one read per source row."""
+        one (MLP weights, an LM head) is mapped read-only and each chunk is transposed a
+        band of source rows at a time, every band's pages dropped from this process once
+        transposed (madvise DONTNEED: the page cache keeps them, the process's resident
+        memory does not grow with the weight)."""
         source = group.source
         rows, cols = shape
         dtype = np.dtype(source.dtype.numpy()).newbyteorder("<")
@@ -253,25 +258,38 @@ class _Producer:
         fd, start = self._fd(Path(source.path)), source.offset or 0
         length = rows * cols * itemsize
         step = max(1, _CHUNK_BYTES // (rows * itemsize))
-        array = None
         if length <= _WHOLE_SOURCE_BYTES:
             if len(self._scratch) < length:
                 self._scratch = bytearray(length)
             _read_into(fd, memoryview(self._scratch)[:length], start, source.path)
             array = np.frombuffer(memoryview(self._scratch)[:length], dtype=dtype).reshape(rows, cols)
-        else:
-            block = np.empty((rows, step), dtype=dtype)
+            self._write_transposed(group, spans, step, lambda c0, c1: transposed(array[:, c0:c1]))
+            return
+        skip = start % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(fd, skip + length, offset=start - skip, access=mmap.ACCESS_READ) as mapped:
+            array = np.frombuffer(mapped, dtype=dtype, count=rows * cols, offset=skip).reshape(rows, cols)
+            band = max(1, _BAND_BYTES // (cols * itemsize))
+            chunk = np.empty((step, rows), dtype=dtype)
+
+            def part(c0: int, c1: int) -> np.ndarray:
+                out = chunk[:c1 - c0]
+                for r0 in range(0, rows, band):
+                    r1 = min(rows, r0 + band)
+                    transposed(array[r0:r1, c0:c1], out=out[:, r0:r1])
+                    first = (skip + r0 * cols * itemsize) // mmap.PAGESIZE * mmap.PAGESIZE
+                    mapped.madvise(mmap.MADV_DONTNEED, first, skip + r1 * cols * itemsize - first)
+                return out
+
+            try:
+                self._write_transposed(group, spans, step, part)
+            finally:
+                del array  # the map closes only without views into it
+
+    def _write_transposed(self, group: _Group, spans: list[tuple[int, int]], step: int, part) -> None:
         for (value, _derivation, expected), (first, end) in zip(group.items, spans):
             written = 0
             for c0 in range(first, end, step):
-                c1 = min(end, c0 + step)
-                if array is not None:
-                    part = array[:, c0:c1]
-                else:
-                    part = block[:, :c1 - c0]
-                    for r in range(rows):
-                        _read_into(fd, memoryview(part[r]).cast("B"), start + (r * cols + c0) * itemsize, source.path)
-                chunk = transposed(part)
+                chunk = part(c0, min(end, c0 + step))
                 self.data.append(chunk.view(np.uint8).reshape(-1))
                 written += chunk.nbytes
             if written != expected:

@@ -249,13 +249,15 @@ def test_linear_to_conv_weights_stream_from_the_input(tmp_path, monkeypatch, rea
     """--replace-linear-with-conv with external data: every Conv weight is the input's
     MatMul weight transposed to [O, I, 1, 1] (per-head ones: of the head's slice), written
     from the input file rather than held in memory, in chunks of output rows; outputs as
-    the original's. "column blocks": every source read a few columns at a time, one read
-    per row (as an LM head larger than the writer's whole-source limit is)."""
+    the original's. "column blocks": every source mapped and transposed a few columns at a
+    time, a few rows at a time (as an MLP weight or LM head larger than the writer's
+    whole-source limit is)."""
     from mha2sha.graph import writer
 
     if read == "column blocks":
         monkeypatch.setattr(writer, "_WHOLE_SOURCE_BYTES", 0)
         monkeypatch.setattr(writer, "_CHUNK_BYTES", 3000)  # 5-6 columns of a 128-row source: partial last chunks
+        monkeypatch.setattr(writer, "_BAND_BYTES", 2000)  # a few rows at a time: partial last bands
     else:
         monkeypatch.setattr(writer, "_CHUNK_BYTES", 10_000)
     calls = []
