@@ -47,13 +47,16 @@ KINDS = ("float", "per_tensor", "per_channel", "per_block", "lpbq")
 BLOCKED = ("per_block", "lpbq")
 
 
-def exact(values) -> np.ndarray:
+def exact(values, types: set | None = None) -> np.ndarray:
     """The file's numbers (a number or a regular nested list) as a numpy array that gives
     them back exactly (``tolist()``): float64 when all are floats, int64 when all are ints
-    that fit, else (ints mixed with floats, huge ints) an object array of the numbers."""
+    that fit, else (ints mixed with floats, huge ints) an object array of the numbers.
+    ``types``: the element types of a flat list, when the caller has them already."""
     if isinstance(values, np.ndarray) and values.dtype != object:
         return values
-    if isinstance(values, list) and values and not isinstance(values[0], list):
+    if types is not None:
+        pass
+    elif isinstance(values, list) and values and not isinstance(values[0], list):
         types = set(map(type, values))  # a flat list (the common case): no object array first
     else:
         values = np.asarray(values, dtype=object)

@@ -200,6 +200,8 @@ def top_level(reader: Reader, sections: tuple[str, ...]):
     """The pairs of the file's top-level object in file order; a section whose value is an
     object or an array comes as ``Members`` (consume it before the next pair). A file that
     is not an object yields its whole value once, under the key None."""
+    if reader.peek() == "\ufeff":
+        reader.fail("Unexpected UTF-8 BOM (save the file as UTF-8 without a byte order mark)")
     if reader.peek() != "{":
         value = reader.value()
         if not reader.at_end():

@@ -120,3 +120,12 @@ def test_a_value_longer_than_many_chunks_is_read_in_linear_reads():
     enc = formats.parse_items(stream.top_level(reader, formats.SECTIONS))
     assert enc["w"].scale.tolist() == scales
     assert len(reads) < 12, reads  # 1024 * 2^k reaches the ~260 KB entry in ~9 reads
+
+
+def test_a_byte_order_mark_is_refused_as_json_refuses_it(tmp_path):
+    path = tmp_path / "bom.encodings"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"version": "1.0.0"}).encode())
+    with pytest.raises(json.JSONDecodeError, match="BOM"):
+        json.loads(path.read_bytes().decode("utf-8"))
+    with pytest.raises(EncodingsError, match="line 1 column 1: Unexpected UTF-8 BOM"):
+        read_encodings(path)

@@ -68,10 +68,11 @@ def numbers(value, at: str, key: str, *, ndim: int | None = None, scalar_ok: boo
     if not isinstance(value, list) or not value:
         raise Problem(f"{at}: {key!r} must be {'a number or ' if scalar_ok else ''}a non-empty list of numbers, got {_show(value)}")
     if not isinstance(value[0], list):
-        if not set(map(type, value)) <= _NUMBER_TYPES:
+        types = set(map(type, value))
+        if not types <= _NUMBER_TYPES:
             _explain(value, at, key)
             raise Problem(f"{at}: {key!r} is not a list of numbers")
-        arr = exact(value)
+        arr = exact(value, types)
     else:
         try:
             flat = np.array(value, dtype=object)
@@ -93,12 +94,13 @@ def column(channels: list[dict], key: str, at: str) -> np.ndarray:
     """``key`` of every channel dict (0.6.1) as an exact array, checked as numbers (the
     dicts are read in C: ``map(dict.get, ...)``)."""
     values = list(map(dict.get, channels, repeat(key)))
-    if not set(map(type, values)) <= _NUMBER_TYPES:
+    types = set(map(type, values))
+    if not types <= _NUMBER_TYPES:
         for d, v in zip(channels, values):
             if key not in d:
                 raise Problem(f"{at}: missing field {key!r}")
             number(v, at, key)
-    return exact(values)
+    return exact(values, types)
 
 
 def same_in_every(channels: list[dict], key: str):
