@@ -257,9 +257,13 @@ class CaseResult:
     max_error: float
 
 
-def convert_in_memory(model_path: Path, flags: dict):
+def convert_in_memory(model_path: Path, flags: dict, encodings_path: Path | None = None):
     """split_model (and linear->conv when asked) as mha2sha.api.convert runs them, after the
-    LoRA alpha lift when the flags ask for it. Returns (model, split, feeds for new inputs)."""
+    LoRA alpha lift when the flags ask for it. Returns (model, split, feeds for new inputs).
+    With ``encodings_path`` the split sees the encodings as the CLI's does: where a layout op
+    carries a quantizer of its own, the emitted per-head form keeps it (e.g. RoPE)."""
+    from mha2sha.api import _requantized
+    from mha2sha.encodings import read_encodings
     from mha2sha.pipeline import _all_names, split_model
 
     model = ir.serde.deserialize_model(onnx.load(model_path))  # external data read in: tiny models
@@ -271,7 +275,8 @@ def convert_in_memory(model_path: Path, flags: dict):
         from mha2sha.prequant import adapt
 
         extra_feeds = dict(adapt(model, lora_alpha_from_input=True).alpha_inputs)
-    result = split_model(model, heads_per_block=flags.get("build_ar") or 1, per_head_cache_io=True)
+    requantized = _requantized(read_encodings(encodings_path)) if encodings_path is not None else None
+    result = split_model(model, heads_per_block=flags.get("build_ar") or 1, per_head_cache_io=True, requantized=requantized)
     if flags.get("replace_linear_with_conv") and result.converted:
         from mha2sha.passes.cleanup import cleanup
         from mha2sha.passes.linear_to_conv import linear_to_conv
@@ -293,7 +298,7 @@ def run_case(preset: Preset, case: str, workdir: Path | None = None) -> CaseResu
     mat = materialize(preset, case, workdir)
 
     # (1) every block converts
-    converted, split, alpha_feeds = convert_in_memory(mat.model_path, flags)
+    converted, split, alpha_feeds = convert_in_memory(mat.model_path, flags, mat.encodings_path)
     if not split.blocks:
         raise CaseFailure(f"{preset.name}/{case}: no attention block found")
     skipped = [f"{b.name} {b.anchor}: {b.reason}" + (f" (stopped at {b.stopped_at})" if b.stopped_at else "") for b in split.skipped]
