@@ -288,65 +288,110 @@ def convert(model_path: str | Path, output_dir: str | Path, options: ConvertOpti
 
 def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOptions, loaded, encodings, encodings_warnings,
                   adaptor_specs, inputs: list[Path], started: float, prepared=None) -> ConversionResult:
-    """The pipeline: (prepared ->) find and split -> passes -> consumers -> save -> verify,
-    on one in-memory model. ``prepared`` (mha2sha.prepare.Prepared): the MHA model was changed
+    """The pipeline, on one in-memory model: prepare -> find and split -> passes -> consumers
+    -> save -> verify. ``prepared`` (mha2sha.prepare.Prepared): the MHA model was changed
     before the split; it is staged as OUTDIR/prepared/, and verification compares against it."""
-    from verify.report import write_report
-
-    out_dir = staged.out_dir
-    mha_path = model_path  # the MHA model the SHA model is verified against
-    prequant_map = None
-    if prepared is not None and prepared.changed:
-        from mha2sha.prepare import write_prepared
-
-        stem = model_path.name[:-5] if model_path.name.endswith(".onnx") else model_path.stem
-        prepared_file = write_prepared(prepared, staged, stem, encodings_version=opts.encodings_version,
-                                       external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD)
-        mha_path = staged.tmp / prepared_file  # the verifier's workers read it
-        prequant_map = prepared.mapping or None
-    if opts.name is not None:
-        for suffix in (".onnx", ".onnx.data", ".encodings"):
-            staged.check_target(safe_output_name(opts.name) + suffix)
-    progress = Progress(bar=opts.progress)
-    report = _base_report(model_path, opts)
-    if encodings_warnings:
-        report["encodings_warnings"] = encodings_warnings[:200]
-    if prepared is not None:
-        report["prepared"] = prepared.summary
-        if prepared.changed:
-            report["model"]["original"] = prepared.summary["model"]  # where it will be
-    elif opts.prepared is not None:
-        report["prepared"] = opts.prepared
-    timings: dict[str, float] = {}
-    stage = "find and split"
-    result = ConversionResult(out_dir, None, None, None, [])
-    verifier = None
+    run = _Run(staged, model_path, opts, loaded, encodings, adaptor_specs, started)
+    run.begin(prepared, encodings_warnings)
     try:
-        if opts.verify:
+        run.start_verifier()
+        run.find_and_split()
+        run.passes()
+        specs = run.correspondence()
+        run.save(specs)
+        run.consumers(specs)
+        run.verify(specs)
+    except (OutputError, UsageError):
+        raise  # the output folder or the options are the problem: write nothing
+    except (KeyboardInterrupt, SystemExit):
+        raise  # interrupted: the staging folder goes, the output folder stays as it was
+    except BaseException as exc:
+        run.fail(exc)
+        raise
+    finally:
+        if run.verifier is not None:
+            run.verifier.close()  # its workers end with the run, whichever way it ends
+    return run.commit()
+
+
+class _Run:
+    """The state of one conversion between the driver's stages (``_convert_into``)."""
+
+    def __init__(self, staged: OutputTransaction, model_path: Path, opts: ConvertOptions, loaded, encodings, adaptor_specs,
+                 started: float):
+        self.staged, self.model_path, self.opts, self.loaded = staged, model_path, opts, loaded
+        self.encodings, self.adaptor_specs, self.started = encodings, adaptor_specs, started
+        self.mha_path = model_path  # the MHA model the SHA model is verified against
+        self.model = loaded.model
+        self.prequant_map = None
+        self.progress = Progress(bar=opts.progress)
+        self.timings: dict[str, float] = {}
+        self.stage = "find and split"  # named in the report when a stage fails
+        self.result = ConversionResult(staged.out_dir, None, None, None, [])
+        self.verifier = None
+        self.split: SplitResult | None = None
+        self.conv_record = None
+        self.model_file = self.encodings_file = None
+        self.sha_encodings = self.original_model = None
+        self.mapping: dict = {}
+
+    @property
+    def external(self) -> bool:
+        return self.loaded.external or self.loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD
+
+    def begin(self, prepared, encodings_warnings) -> None:
+        """Stage the prepared MHA model (if any) and start the report."""
+        opts = self.opts
+        if prepared is not None and prepared.changed:
+            from mha2sha.prepare import write_prepared
+
+            path = self.model_path
+            stem = path.name[:-5] if path.name.endswith(".onnx") else path.stem
+            prepared_file = write_prepared(prepared, self.staged, stem, encodings_version=opts.encodings_version, external=self.external)
+            self.mha_path = self.staged.tmp / prepared_file  # the verifier's workers read it
+            self.prequant_map = prepared.mapping or None
+        if opts.name is not None:
+            for suffix in (".onnx", ".onnx.data", ".encodings"):
+                self.staged.check_target(safe_output_name(opts.name) + suffix)
+        self.report = report = _base_report(self.model_path, opts)
+        if encodings_warnings:
+            report["encodings_warnings"] = encodings_warnings[:200]
+        if prepared is not None:
+            report["prepared"] = prepared.summary
+            if prepared.changed:
+                report["model"]["original"] = prepared.summary["model"]  # where it will be
+        elif opts.prepared is not None:
+            report["prepared"] = opts.prepared
+
+    def start_verifier(self) -> None:
+        if self.opts.verify:
             from mha2sha.block_verification import BlockVerifier
 
             # Started now: its worker processes import what they need while the graph pass runs.
-            verifier = BlockVerifier(mha_path, weight_bytes=loaded.weight_bytes, seed=opts.seed,
-                                     allow_hard_links=opts.allow_hard_links)
+            self.verifier = BlockVerifier(self.mha_path, weight_bytes=self.loaded.weight_bytes, seed=self.opts.seed,
+                                          allow_hard_links=self.opts.allow_hard_links)
+
+    def find_and_split(self) -> None:
+        opts, report, model = self.opts, self.report, self.model
         t0 = time.perf_counter()
-        model = loaded.model
-        original_names = set(_all_names(model.graph)) if opts.optimize_o_proj else set()
-        requantized = _requantized(encodings) if encodings is not None else None
-        with progress.stage("finding and splitting attention blocks") as p:
-            split = split_model(model, heads_per_block=opts.heads_per_block, per_head_cache_io=opts.per_head_cache_io,
-                                requantized=requantized, progress=p)
-        timings["split"] = time.perf_counter() - t0
+        self.original_names = set(_all_names(model.graph)) if opts.optimize_o_proj else set()
+        requantized = _requantized(self.encodings) if self.encodings is not None else None
+        with self.progress.stage("finding and splitting attention blocks") as p:
+            self.split = split = split_model(model, heads_per_block=opts.heads_per_block, per_head_cache_io=opts.per_head_cache_io,
+                                             requantized=requantized, progress=p)
+        self.timings["split"] = time.perf_counter() - t0
+        self.ledger = split.ledger
         if opts.expectations is not None:
             from mha2sha.expectations import check_expectations
 
             report["expectations"] = check_expectations(opts.expectations, split.blocks)
             report["strict_expectations"] = bool(getattr(opts.expectations, "strict", False))
-        result.blocks = split.blocks
+        self.result.blocks = split.blocks
         report["skipped_blocks"] = [b.as_dict() for b in split.skipped]
         if not split.converted and opts.heads_per_block != 1 and split.blocks:
-            _refuse_build_ar(mha_path, opts)
+            _refuse_build_ar(self.mha_path, opts)
         if not split.converted and not opts.allow_no_attention:
-            raise NoAttentionError(model_path, _no_attention_message(split.blocks))
+            raise NoAttentionError(self.model_path, _no_attention_message(split.blocks))
         if opts.per_head_cache_io:
             report["whole_caches"] = split.whole_caches
             if split.whole_caches and opts.strict:
@@ -354,78 +399,90 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
                 raise UsageError(None, f"--kv-cache-io per-head --strict: KV cache {first['kind']} {first['tensor']!r} ({first['block']}) "
                                        f"cannot be given per head: {first['reason']}"
                                        + (f" (and {len(split.whole_caches) - 1} more)" if len(split.whole_caches) > 1 else ""))
-        conv_record = None
-        ledger = split.ledger
+
+    def passes(self) -> None:
+        """The optional passes, each ``run(model, ledger, ...) -> PassResult``."""
+        opts, model, ledger, encodings = self.opts, self.model, self.ledger, self.encodings
         if opts.replace_linear_with_conv:
-            stage = "linear to conv"
+            self.stage = "linear to conv"
             from mha2sha.passes import linear_to_conv
 
-            conv_record = linear_to_conv.run(model, ledger, encoded=_encoded_names(encodings, ledger)).report
+            self.conv_record = linear_to_conv.run(model, ledger, encoded=_encoded_names(encodings, ledger)).report
             cleanup(model)
         if opts.head_major_cache_io and opts.per_head_cache_io:
             from mha2sha.passes import head_major_io
 
             moved = head_major_io.run(model, ledger).report
-            report["head_major_cache_io"] = moved["rewritten"]
-            report["head_major_cache_io_kept"] = moved["kept"]
+            self.report["head_major_cache_io"] = moved["rewritten"]
+            self.report["head_major_cache_io_kept"] = moved["kept"]
             cleanup(model)
         if opts.optimize_o_proj:
-            stage = "optimize o_proj"
+            self.stage = "optimize o_proj"
             from mha2sha.passes import o_proj
 
-            report["optimize_o_proj"] = o_proj.run(model, ledger, encoded=set(encodings.tensors) if encodings is not None else set(),
-                                                   original_names=original_names).report
-        kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
-        name = safe_output_name(opts.name or default_name(model_path, conv=opts.replace_linear_with_conv, kv_cache=kv_cache))
+            self.report["optimize_o_proj"] = o_proj.run(model, ledger, encoded=set(encodings.tensors) if encodings is not None else set(),
+                                                        original_names=self.original_names).report
+
+    def correspondence(self):
+        """The verifier's correspondence (a consumer of the ledger), handed to the block verifier
+        before the save: blocks are checked while the data file is written."""
         from mha2sha.correspondence import correspondence_from_ledger
 
-        specs = correspondence_from_ledger(ledger, split.converted, source=f"mha2sha {_version()}")
-        if verifier is not None and specs.blocks:
-            stage = "verify"
-            verifier.prepare(specs, model, expect_encodings=encodings is not None)
-        stage = "save"
+        split = self.split
+        kv_cache = any(b.features.get("past_kv", "none") != "none" for b in split.converted)
+        self.name = safe_output_name(self.opts.name or default_name(self.model_path, conv=self.opts.replace_linear_with_conv, kv_cache=kv_cache))
+        specs = correspondence_from_ledger(self.ledger, split.converted, source=f"mha2sha {_version()}")
+        if self.verifier is not None and specs.blocks:
+            self.stage = "verify"
+            self.verifier.prepare(specs, self.model, expect_encodings=self.encodings is not None)
+        return specs
+
+    def save(self, specs) -> None:
+        self.stage = "save"
         t0 = time.perf_counter()
-        with progress.stage("saving weights") as p:
-            model_file, write_stats = save_model(model, staged, name, external=loaded.external or loaded.weight_bytes > EXTERNAL_DATA_THRESHOLD,
-                                                 link_weights=opts.link_weights, progress=p,
-                                                 observer=verifier if specs.blocks else None)
-        report["write"] = write_stats
-        timings["save"] = time.perf_counter() - t0
-        mapping = ledger.name_mapping()
+        with self.progress.stage("saving weights") as p:
+            self.model_file, write_stats = save_model(self.model, self.staged, self.name, external=self.external,
+                                                      link_weights=self.opts.link_weights, progress=p,
+                                                      observer=self.verifier if specs.blocks else None)
+        self.report["write"] = write_stats
+        self.timings["save"] = time.perf_counter() - t0
+
+    def consumers(self, specs) -> None:
+        """Everything written about the conversion: functions of (original, converted, ledger)."""
+        from mha2sha.prequant import ALL_STAGES_FILE, write_all_stages_mapping
+
+        opts, staged, model, ledger, encodings, report = self.opts, self.staged, self.model, self.ledger, self.encodings, self.report
+        self.mapping = mapping = ledger.name_mapping()
         _write_correspondence(staged, specs)
         with open(staged.path(MAPPING_FILE), "w") as fh:
             json.dump(mapping, fh, indent=1, sort_keys=True)
-        from mha2sha.prequant import ALL_STAGES_FILE, write_all_stages_mapping
-
         # Original (AIMET export) name -> names in the final model, through every stage.
-        stages = ([prequant_map] if prequant_map else []) + [mapping, conv_record]
+        stages = ([self.prequant_map] if self.prequant_map else []) + [mapping, self.conv_record]
         write_all_stages_mapping(staged.path(ALL_STAGES_FILE), stages, final_model=model,
                                  originals=set(encodings.tensors) if encodings is not None else None)
-        encodings_file = None
-        mha_numeric = sha_numeric = None
         if encodings is not None:
-            stage = "encodings"
+            self.stage = "encodings"
             from mha2sha.encodings import numeric_encodings, write_encodings
             from mha2sha.encodings.propagate import propagate
 
-            original_model = load_model(mha_path, allow_hard_links=opts.allow_hard_links, validate=False).model
-            sha_encodings, summary = propagate(encodings, original_model, model, ledger)
+            self.original_model = load_model(self.mha_path, allow_hard_links=opts.allow_hard_links, validate=False).model
+            self.sha_encodings, summary = propagate(encodings, self.original_model, model, ledger)
             report["encodings"] = summary
-            encodings_file = f"{name}.encodings"
-            write_encodings(sha_encodings, staged.path(encodings_file), version=opts.encodings_version)
-            mha_numeric = numeric_encodings(encodings, original_model)
-            sha_numeric = numeric_encodings(sha_encodings, model)
-            if verifier is not None:
-                verifier.set_encodings(mha_numeric, sha_numeric)
+            self.encodings_file = f"{self.name}.encodings"
+            write_encodings(self.sha_encodings, staged.path(self.encodings_file), version=opts.encodings_version)
+            mha_numeric = numeric_encodings(encodings, self.original_model)
+            sha_numeric = numeric_encodings(self.sha_encodings, model)
+            if self.verifier is not None:
+                self.verifier.set_encodings(mha_numeric, sha_numeric)
             if opts.emit_qdq:
-                stage = "qdq"
-                report["qdq"] = _write_qdq(model, sha_numeric, staged, name, external=loaded.external)
-        if adaptor_specs is not None:
-            stage = "lora adaptors"
+                self.stage = "qdq"
+                report["qdq"] = _write_qdq(model, sha_numeric, staged, self.name, external=self.loaded.external)
+        if self.adaptor_specs is not None:
+            self.stage = "lora adaptors"
             from mha2sha.lora_adaptors import convert_adaptors
 
-            original_model = load_model(mha_path, allow_hard_links=opts.allow_hard_links, validate=False).model
-            adaptors = convert_adaptors(adaptor_specs, staged, original=original_model, converted=model, ledger=ledger,
+            original_model = load_model(self.mha_path, allow_hard_links=opts.allow_hard_links, validate=False).model
+            adaptors = convert_adaptors(self.adaptor_specs, staged, original=original_model, converted=model, ledger=ledger,
                                         encodings_version=opts.encodings_version)
             report["lora_adaptors"] = {
                 "adaptors": [{"name": a.name, "tensors": len(a.tensors), "cast_to_model_dtype": a.cast,
@@ -433,76 +490,84 @@ def _convert_into(staged: OutputTransaction, model_path: Path, opts: ConvertOpti
                 "tensor_names": len(adaptors.tensor_names),
             }
         # Verification reads the staged model; the report names where it will be.
-        staged_model = staged.tmp / model_file
-        result.model_path = staged.final(model_file)
-        result.encodings_path = staged.final(encodings_file) if encodings_file else None
+        result = self.result
+        self.staged_model = staged.tmp / self.model_file
+        result.model_path = staged.final(self.model_file)
+        result.encodings_path = staged.final(self.encodings_file) if self.encodings_file else None
         result.mapping_path = staged.final(MAPPING_FILE)
         report["model"]["converted"] = str(result.model_path)
         report["model"]["sha_encodings"] = str(result.encodings_path) if result.encodings_path else None
         if opts.create_input_lists:
-            stage = "input lists"
+            self.stage = "input lists"
             from mha2sha.input_lists import write_input_lists
 
-            report["input_lists"] = write_input_lists(staged, mha_path, staged_model, specs, seed=opts.seed,
-                                                      weight_bytes=loaded.weight_bytes)
-        if opts.verify and split.converted:
-            stage = "verify"
-            # Most blocks were checked while the data file was written (mha2sha.block_verification).
-            with progress.stage("verifying blocks") as p:
-                verifier.wait(progress=p)
-            verification = verifier.report(staged_model, end_to_end=opts.end_to_end)
-            timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
-            report.update(verification)
-            from verify.contract import io_contract
+            report["input_lists"] = write_input_lists(staged, self.mha_path, self.staged_model, specs, seed=opts.seed,
+                                                      weight_bytes=self.loaded.weight_bytes)
 
-            report["io_contract"] = io_contract(load_model(mha_path, allow_hard_links=opts.allow_hard_links).model, model)
-            if encodings is not None:
-                from verify.run import encodings_coverage
+    def verify(self, specs) -> None:
+        opts, report, model = self.opts, self.report, self.model
+        if not (opts.verify and self.split.converted):
+            return
+        self.stage = "verify"
+        # Most blocks were checked while the data file was written (mha2sha.block_verification).
+        with self.progress.stage("verifying blocks") as p:
+            self.verifier.wait(progress=p)
+        verification = self.verifier.report(self.staged_model, end_to_end=opts.end_to_end)
+        self.timings.update({f"verify_{k}": v for k, v in verification.pop("timings").items()})
+        report.update(verification)
+        from verify.contract import io_contract
 
-                sha_tensors = set(_all_names(model.graph))
-                report["encodings_coverage"] = encodings_coverage(mapping, set(encodings.tensors), set(sha_encodings.tensors), sha_tensors,
-                                                                  mha_tensors=set(_all_names(original_model.graph)) | {v.name for v in original_model.graph.inputs})
-            section = _htp_section(mha_path, staged_model, specs, opts, loaded)
-            if section is not None:
-                report["htp"] = section
-    except (OutputError, UsageError):
-        raise  # the output folder or the options are the problem: write nothing
-    except (KeyboardInterrupt, SystemExit):
-        raise  # interrupted: the staging folder goes, the output folder stays as it was
-    except BaseException as exc:
+        report["io_contract"] = io_contract(load_model(self.mha_path, allow_hard_links=opts.allow_hard_links).model, model)
+        if self.encodings is not None:
+            from verify.run import encodings_coverage
+
+            original_model = self.original_model
+            sha_tensors = set(_all_names(model.graph))
+            report["encodings_coverage"] = encodings_coverage(self.mapping, set(self.encodings.tensors), set(self.sha_encodings.tensors), sha_tensors,
+                                                              mha_tensors=set(_all_names(original_model.graph)) | {v.name for v in original_model.graph.inputs})
+        section = _htp_section(self.mha_path, self.staged_model, specs, opts, self.loaded)
+        if section is not None:
+            report["htp"] = section
+
+    def fail(self, exc: BaseException) -> None:
+        """A stage failed: the run replaces the previous run's files with its report alone."""
+        from verify.report import write_report
+
+        staged, out_dir = self.staged, self.staged.out_dir
         full = disk_full(exc, out_dir)
         if full is not None:
             raise full from None
-        # The failed run replaces the previous run's files with its report alone.
-        report["failure"] = {"stage": stage, "message": str(exc) or type(exc).__name__}
-        report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        self.report["failure"] = {"stage": self.stage, "message": str(exc) or type(exc).__name__}
+        self.report["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
         staged.drop_staged()
         try:
-            write_report(report, staged.tmp)
+            write_report(self.report, staged.tmp)
             placed = staged.commit()
         except OSError as write_exc:
             raise disk_full(write_exc, out_dir) or write_exc from None
-        result.report_paths = _report_paths(placed)
-        raise
-    finally:
-        if verifier is not None:
-            verifier.close()  # its workers end with the run, whichever way it ends
-    result.seconds = time.perf_counter() - started
-    timings["total"] = result.seconds
-    report["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    result.timings = dict(timings)
-    try:
+        self.result.report_paths = _report_paths(placed)
+
+    def commit(self) -> ConversionResult:
+        """Write the report and move every output into place (the model last)."""
+        from verify.report import write_report
+
+        opts, report, result, staged = self.opts, self.report, self.result, self.staged
+        result.seconds = time.perf_counter() - self.started
+        self.timings["total"] = result.seconds
+        report["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        result.timings = dict(self.timings)
+        try:
+            if opts.verify:
+                write_report(report, staged.tmp)
+                result.report = report
+                if report["status"] != "pass":
+                    write_text(staged.path("VERIFICATION_FAILED"), "The verification report lists the failing checks: verification_report.md\n")
+            placed = staged.commit(last=self.model_file)
+        except OSError as exc:
+            raise disk_full(exc, staged.out_dir) or exc from None
         if opts.verify:
-            write_report(report, staged.tmp)
-            result.report = report
-            if report["status"] != "pass":
-                write_text(staged.path("VERIFICATION_FAILED"), "The verification report lists the failing checks: verification_report.md\n")
-        placed = staged.commit(last=model_file)
-    except OSError as exc:
-        raise disk_full(exc, out_dir) or exc from None
-    if opts.verify:
-        result.report_paths = _report_paths(placed)
-    return result
+            result.report_paths = _report_paths(placed)
+        return result
 
 
 def _htp_section(model_path: Path, converted: Path, specs, opts: ConvertOptions, loaded) -> dict | None:
