@@ -103,7 +103,8 @@ class ConvertOptions:
     expectations: object | None = None
     """A ``mha2sha.compat.ReferenceFlags`` whose expectations are checked (``mha2sha-onnx-converter``)."""
     prepared: dict | None = None
-    """Set internally: what ``mha2sha.prepare`` changed (for the report)."""
+    """What a caller's own pre-split change did, for the report's "prepared" section (the
+    driver's --ar-tokens / --lora-alpha-from-input report theirs themselves)."""
 
     def __post_init__(self):
         if self.kv_cache_io not in KV_CACHE_IO:
