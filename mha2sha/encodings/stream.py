@@ -12,7 +12,7 @@ memory is one chunk, one entry and the arrays; time is about that of ``json.load
 
 Why not ijson: its C backend builds objects without a hook, so a key written twice in one
 object silently keeps the last value; seeing every key means its per-event interface, whose
-bare walk already costs about what ``json.loads`` does (1.05-1.5x the cpu at 200 MB) before
+bare walk already costs about what ``json.loads`` does (0.9-1.7x its cpu at 200 MB) before
 a Python step per event (tens of millions) is added (bench/bench_encodings.py prints it).
 
 Every object, at every depth, refuses a key written twice (JSON would keep the last value):
