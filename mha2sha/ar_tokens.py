@@ -1162,6 +1162,10 @@ def _rebuild_array(arr, s_axis, t_axis, s_old, c_old, s_new, c_new, mask_fill, n
             raise TokensError(f"constant {name!r} holds one row for the one token the model was exported for; whether the other {s_new - 1} tokens' rows equal it or depend on their position the model does not show (export for the largest number of tokens you need and rebuild down: fewer tokens keep the last rows)", at)
         if all(np.array_equal(rows[0], r) for r in rows[1:]):
             new = np.repeat(rows[:1], s_new, axis=0)
+        elif c_new != c_old:
+            # Rows are absolute query positions (past + i): with another context the new
+            # tokens sit at positions the model does not show.
+            raise TokensError(f"constant {name!r} has one row per new token (absolute positions) and the context changes", at)
         elif s_new <= s_old:
             new = rows[s_old - s_new:]
         else:

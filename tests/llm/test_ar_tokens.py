@@ -159,3 +159,21 @@ def test_trilu_mask_is_refused_not_miscomputed():
     softmax.input[0] = "tri"
     with pytest.raises(TokensError, match="Trilu"):
         _rebuilt(model, 2)
+
+
+def test_rows_of_absolute_positions_are_not_kept_when_the_context_changes():
+    """A constant with one row per new token (RoPE angles or position ids folded by the exporter
+    for positions past .. past + S - 1): for fewer tokens in the same context its last rows are
+    the new tokens' rows; in another context the new tokens sit at positions the constant does
+    not hold, so the rebuild refuses instead of keeping rows of the wrong positions."""
+    from mha2sha.ar_tokens import _rebuild_array
+
+    positions = np.arange(5, 8, dtype=np.float32)[:, None] * np.array([[1.0, 0.5]], np.float32)  # [S=3, 2]
+    kept = _rebuild_array(positions, 0, None, 3, 8, 1, 8, None, "angles", None)
+    np.testing.assert_array_equal(kept, positions[2:])  # position 7 = context - 1
+    with pytest.raises(TokensError, match="context changes"):
+        _rebuild_array(positions, 0, None, 3, 8, 1, 12, None, "angles", None)
+    with pytest.raises(TokensError, match="one row for the one token"):
+        _rebuild_array(positions[2:], 0, None, 1, 8, 3, 8, None, "angles", None)
+    bias = np.ones((3, 2), np.float32)  # the same for every token: any number of tokens, any context
+    np.testing.assert_array_equal(_rebuild_array(bias, 0, None, 3, 8, 5, 12, None, "bias", None), np.ones((5, 2)))
