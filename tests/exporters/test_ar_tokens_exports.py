@@ -40,9 +40,15 @@ FAMILIES = [
     ExportCase("mistral", False, 17, "eager", dict(GQA, sliding_window=4), layers=1, decode=True),
     ExportCase("mistral", True, 18, "sdpa", dict(GQA, sliding_window=4), layers=1, decode=True),
 ]
+MORE = [  # more families of tests/exporters/families.py: fused qkv with partial rotary, q/k norm, MHA
+    ExportCase("phi3", False, 17, "eager", dict(GQA, partial_rotary_factor=0.5), layers=1, decode=True),
+    ExportCase("phi3", True, 18, "sdpa", dict(GQA, partial_rotary_factor=0.5), layers=1, decode=True),
+    ExportCase("qwen3", True, 18, "sdpa", dict(GQA, head_dim=8), layers=1, decode=True),
+    ExportCase("gpt2", False, 17, "eager", {}, layers=1, decode=True),
+]
 EXPORTED = (3, 5)  # tokens, past of the export that is rebuilt (context 8)
-# (case, tokens to rebuild for): every family for 1 token; two for 2 tokens.
-CASES = [(c, 1) for c in FAMILIES] + [(FAMILIES[0], 2), (FAMILIES[3], 2)]
+# (case, tokens to rebuild for): every case for 1 token; two for 2 tokens.
+CASES = [(c, 1) for c in FAMILIES + MORE] + [(FAMILIES[0], 2), (FAMILIES[3], 2)]
 
 
 def _run(path, feeds):
