@@ -146,10 +146,43 @@ def _hf_model(fam: Family, attn: str):
     return model
 
 
+def _rms_norm_symbolic(g, x, normalized_shape, weight, eps):
+    """aten::rms_norm as ONNX ops (TorchScript has no symbolic for it before opset 23)."""
+    import torch
+    from torch.onnx import symbolic_helper as sh
+
+    axes = list(range(-len(sh._get_const(normalized_shape, "is", "normalized_shape")), 0))
+    eps = sh._maybe_get_const(eps, "f")
+    eps = float(torch.finfo(torch.float32).eps) if eps is None or sh._is_value(eps) else float(eps)  # torch's default
+    mean = g.op("ReduceMean", g.op("Mul", x, x), axes_i=axes, keepdims_i=1)
+    y = g.op("Div", x, g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32)))))
+    return y if sh._is_none(weight) else g.op("Mul", y, weight)
+
+
+# TorchScript at opset 17/18 lacks these; exporting a real model (Flux) needs them registered.
+# (aten::diff, which Whisper's mask code uses, is not enough: the TorchScript export of Whisper
+# is then a graph onnxruntime rejects, a Not on a bool-typed value.)
+_TORCHSCRIPT_SYMBOLICS = {"aten::rms_norm": _rms_norm_symbolic}
+
+
 def _export(module, args, path: Path, in_names, out_names, case: Case, dynamic=None) -> None:
     import torch
 
     dynamo, opset = EXPORTERS[case.exporter]
+    if not dynamo:
+        for name, fn in _TORCHSCRIPT_SYMBOLICS.items():
+            torch.onnx.register_custom_op_symbolic(name, fn, opset)
+    try:
+        _export_with(module, args, path, in_names, out_names, dynamo, opset, dynamic)
+    finally:
+        if not dynamo:
+            for name in _TORCHSCRIPT_SYMBOLICS:
+                torch.onnx.unregister_custom_op_symbolic(name, opset)
+
+
+def _export_with(module, args, path: Path, in_names, out_names, dynamo: bool, opset: int, dynamic) -> None:
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kwargs = dict(input_names=list(in_names), output_names=list(out_names), opset_version=opset, dynamo=dynamo)
