@@ -492,8 +492,10 @@ class BlockSplitter:
         node = inst.node
         out_index, out_layout = next(iter(inst.outputs.items()))
         tag = self._tag(out_layout, head)
-        if node.op_type == "Concat":
-            rotated = rope.emit_rotate_half(self, inst, head, tag)  # one MatMul, not Slice/Neg/Concat
+        if node.op_type in ("Concat", "Div", "Mul"):
+            # RoPE: one MatMul, not Slice/Neg/Concat; the score scale folded into it.
+            emit = rope.emit_rotate_half if node.op_type == "Concat" else rope.emit_scaled_scores
+            rotated = emit(self, inst, head, tag)
             if rotated is not None:
                 for idx, piece in rotated.items():
                     self._set_piece(node.outputs[idx], inst.outputs[idx], head, piece)

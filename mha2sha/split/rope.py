@@ -182,10 +182,115 @@ def emit_rotate_half(em, inst, head: int, tag: str) -> dict[int, ir.Value] | Non
 
 
 def is_rotation(tensor) -> bool:
-    """Whether a constant (an ir tensor) is the R above: square, at most 1024 wide (only
-    those are read)."""
+    """Whether a constant (an ir tensor) is R above or a multiple of it (the score scale
+    folded in): square, at most 1024 wide (only those are read)."""
     shape = [int(d) for d in tensor.shape]
     if len(shape) != 2 or shape[0] != shape[1] or shape[0] % 2 or shape[0] > 1024:
         return False
     values = tensor.numpy()
-    return bool(np.array_equal(values, rotation_matrix(shape[0], values.dtype)))
+    factor = values[0, shape[0] // 2]
+    return bool(factor != 0 and np.array_equal(values, rotation_matrix(shape[0], values.dtype) * factor))
+
+
+def _producer_instance(em, value: ir.Value, layout):
+    """The block instance that makes ``value`` with ``layout``, or None."""
+    if layout is None:
+        return None
+    found = em._sources.get((id(value), em._layout_id(layout)))
+    return found[1][0] if found is not None and found[0] == "produced" else None
+
+
+def _only_reader(value: ir.Value, node: ir.Node) -> bool:
+    uses = list(value.uses())
+    return not value.is_graph_output() and len(uses) == 1 and uses[0].node is node
+
+
+def emit_scaled_scores(em, inst, head: int, tag: str) -> dict[int, ir.Value] | None:
+    """Head ``head`` of ``scores = MatMul(q * cos + rotate_half(q) * sin, k_t) / c`` (or
+    ``* c``) with the constant scale folded into cos (once per block) and into R:
+    ``MatMul(q * (cos s) + (q @ (R s)) * sin, k_t)``, so no head scales its [S, T] scores
+    (one op per head on the largest per-head tensor: at seq 512 the HTP preparer keeps about
+    9 % fewer ops). Float models only: with encodings the scores' quantizers stay where they
+    are. None when ``inst`` is not this pattern (the generic clone then runs)."""
+    node = inst.node
+    if em.requantized is not None or node.op_type not in ("Div", "Mul") or len(node.inputs) != 2:
+        return None
+    c = const_array(node.inputs[1])
+    if c is None or c.size != 1 or not np.issubdtype(c.dtype, np.floating) or float(c.reshape(-1)[0]) == 0.0:
+        return None
+    scale = 1.0 / float(c.reshape(-1)[0]) if node.op_type == "Div" else float(c.reshape(-1)[0])
+    matmul = _producer_instance(em, node.inputs[0], inst.inputs[0])
+    if matmul is None or matmul.node.op_type != "MatMul" or not _only_reader(node.inputs[0], node):
+        return None
+    q_rope = matmul.node.inputs[0]
+    add = _producer_instance(em, q_rope, matmul.inputs[0])
+    if add is None or add.node.op_type != "Add" or not _only_reader(q_rope, matmul.node):
+        return None
+    muls = [_producer_instance(em, v, lay) for v, lay in zip(add.node.inputs, add.inputs)]
+    if any(m is None or m.node.op_type != "Mul" for m in muls):
+        return None
+    # One Mul reads the rotate-half of q (and sin), the other q itself (and cos).
+    for rotated_mul, plain_mul in (muls, muls[::-1]):
+        for r_idx in (0, 1):
+            rot_node = rotated_mul.node.inputs[r_idx].producer()
+            found = rotate_half_source(rot_node) if rot_node is not None else None
+            if found is None:
+                continue
+            q = found[0]
+            if q not in plain_mul.node.inputs:
+                continue
+            q_idx = list(plain_mul.node.inputs).index(q)
+            return _emit_folded(em, inst, head, tag, scale, matmul, plain_mul, q_idx, rotated_mul, r_idx)
+    return None
+
+
+def _emit_folded(em, inst, head, tag, scale, matmul, plain_mul, q_idx, rotated_mul, r_idx):
+    rot_inst = _producer_instance(em, rotated_mul.node.inputs[r_idx], rotated_mul.inputs[r_idx])
+    if rot_inst is None:
+        return None
+    node = inst.node
+    q, q_layout = plain_mul.node.inputs[q_idx], plain_mul.inputs[q_idx]
+    cos, cos_layout = plain_mul.node.inputs[1 - q_idx], plain_mul.inputs[1 - q_idx]
+    sin, sin_layout = rotated_mul.node.inputs[1 - r_idx], rotated_mul.inputs[1 - r_idx]
+    k_t, k_layout = matmul.node.inputs[1], matmul.inputs[1]
+    if any(lay is None for lay in (q_layout, cos_layout, sin_layout, k_layout)) or cos.dtype is None:
+        return None
+    per_q, _ = per_head_layout(q_layout, em.space)
+    size = dims(q)[-1] if dims(q) else None
+    if not isinstance(size, int) or not per_q or per_q[-1].size != size:
+        return None
+    q_piece = em.piece(q, q_layout, head)
+    cos_piece = em.piece(cos, cos_layout, head)
+    sin_piece = em.piece(sin, sin_layout, head)
+    k_piece = em.piece(k_t, k_layout, head)
+    dtype = np.dtype(q.dtype.numpy()) if q.dtype is not None else np.dtype(np.float32)
+    name = f"{em.block.name}.{tag}"
+    key = ("scaled_cos", id(cos_piece), scale)
+    scaled_cos = em.emitted.get(key)
+    if scaled_cos is None:
+        factor = em._const(f"{em.block.name}.score_scale", np.array(scale, dtype=np.dtype(cos.dtype.numpy())))
+        scaled_cos = em._value(em._name("shared", cos.name, "cos") + ".scaled", cos)
+        em._shared += 1
+        try:
+            em._node("Mul", [cos_piece, factor], None, f"{em.block.name}.shared.scale_cos", [scaled_cos])
+        finally:
+            em._shared -= 1
+        em.emitted[key] = scaled_cos
+    key = ("scaled_rotation", size, dtype.str, scale)
+    rotation = em.emitted.get(key)
+    if rotation is None:
+        rotation = em.emitted[key] = em._const(f"{em.block.name}.rotate_half_{size}_scaled",
+                                               (rotation_matrix(size, np.dtype(np.float64)) * scale).astype(dtype))
+    q_per = per_head_layout(q_layout, em.space)[0]
+    rotated = em._value(em._name(tag, q.name, "q") + ".rotated_scaled", q, q_per)
+    em._node("MatMul", [q_piece, rotation], None, f"{name}.rotate_half_scaled", [rotated])
+    m1 = em._value(em._name(tag, q.name, "q") + ".cos_scaled", q)
+    em._node("Mul", [q_piece, scaled_cos], None, f"{name}.rope_cos", [m1])
+    m2 = em._value(em._name(tag, q.name, "q") + ".sin", q)
+    em._node("Mul", [rotated, sin_piece], None, f"{name}.rope_sin", [m2])
+    q_rope = em._value(em._name(tag, q.name, "q") + ".rope_scaled", q)
+    em._node("Add", [m1, m2], None, f"{name}.rope", [q_rope])
+    out = em._value(em._name(tag, node.outputs[0].name, "scores"), node.outputs[0], per_head_layout(inst.outputs[0], em.space)[0])
+    em._node("MatMul", [q_rope, k_piece], None, f"{name}.scores_scaled", [out])
+    em._replayable = False
+    return {0: out}

@@ -23,7 +23,8 @@ def _const_weight_linears(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
     def rotation(name: str) -> bool:
         w = onnx.numpy_helper.to_array(inits[name])
-        return w.ndim == 2 and w.shape[0] == w.shape[1] and np.array_equal(w, rotation_matrix(w.shape[0], w.dtype))
+        return (w.ndim == 2 and w.shape[0] == w.shape[1] and w[0, w.shape[0] // 2] != 0
+                and np.array_equal(w, rotation_matrix(w.shape[0], w.dtype) * w[0, w.shape[0] // 2]))
 
     return [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in inits
             and not rotation(n.input[1])]

@@ -54,11 +54,12 @@ def test_rope_per_head_is_one_matmul_and_the_model_is_unchanged(tmp_path):
     mha, sha = onnx.load(str(model)), onnx.load(str(result.model_path))
     ops = collections.Counter(n.op_type for n in sha.graph.node)
     assert ops["Neg"] == 0 and ops["Slice"] == 0, ops  # no Slice/Neg/Concat per head
+    mha_divs = collections.Counter(n.op_type for n in mha.graph.node)["Div"]
+    assert ops["Div"] == mha_divs - layers, ops  # the score scale folded into cos and R: no Div per head
     consts = {t.name for t in sha.graph.initializer}
     rotations = [n for n in sha.graph.node if n.op_type == "MatMul" and n.input[1] in consts and "rotate_half" in n.input[1]]
     assert len(rotations) == (heads + kv_heads) * layers  # once per query head, once per kv head
-    # Fewer nodes for RoPE than MHA's per-head share of the whole-tensor form would suggest:
-    # in all, SHA's RoPE is (1 MatMul + 2 Mul + Add) per head, MHA's 7 ops per q / k.
+    # In all, SHA's RoPE is (1 MatMul + 2 Mul + Add) per head, MHA's 7 ops per q / k.
     feeds = _feeds(5, hidden // heads, vocab)
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     truth = refimpl.run(mha, feeds, dtype=np.float64)["logits"]

@@ -89,7 +89,29 @@ def drop_mask(m):
 
 
 def change_scale(m):
-    div = next(n for n in _nodes(m, "attn0.h0.") if n.op_type == "Div")
+    div = next((n for n in _nodes(m, "attn0.h0.") if n.op_type == "Div"), None)
+    if div is None:
+        # The score scale is folded into RoPE (mha2sha.split.rope): head 0's q @ (R s) and
+        # q * (cos s) read the scaled rotation and the block's scale; head 0 gets its own wrong ones.
+        consts = {t.name for t in m.graph.initializer}
+        for n in _nodes(m, "attn0.h0."):
+            for k, i in enumerate(n.input):
+                if i in consts and ("rotate_half" in i or "score_scale" in i):
+                    name = i + ".wrong"
+                    if name not in {t.name for t in m.graph.initializer}:
+                        m.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(_init(m, i)) * 1.5, name))
+                    n.input[k] = name
+        scale_cos = next((n for n in m.graph.node if n.name.startswith("attn0.shared.scale_cos")), None)
+        if scale_cos is not None:  # head 0 reads cos scaled by the wrong factor through its own Mul
+            wrong = onnx.helper.make_node("Mul", [scale_cos.input[0], scale_cos.input[1] + ".wrong"], [scale_cos.output[0] + ".h0_wrong"], name="attn0.h0.wrong_scale_cos")
+            if scale_cos.input[1] + ".wrong" not in {t.name for t in m.graph.initializer}:
+                m.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(_init(m, scale_cos.input[1])) * 1.5, scale_cos.input[1] + ".wrong"))
+            m.graph.node.insert(list(m.graph.node).index(scale_cos) + 1, wrong)
+            for n in _nodes(m, "attn0.h0."):
+                for k, i in enumerate(n.input):
+                    if i == scale_cos.output[0]:
+                        n.input[k] = wrong.output[0]
+        return
     name = div.input[1] + ".wrong"
     value = numpy_helper.to_array(_init(m, div.input[1])) * 1.5
     m.graph.initializer.append(numpy_helper.from_array(value, name))
