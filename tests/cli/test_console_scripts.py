@@ -109,7 +109,11 @@ def test_reference_command_line_flag_combinations(bundled, tmp_path, flags):
     heads_per_block = int(flags[1]) if flags[0] == "--build-ar" else 1
     assert ops.count("Softmax") == 2 * 8 // heads_per_block
     if conv:
-        assert "Conv" in ops and not any(n.op_type in ("MatMul", "Gemm") and any(i in {t.name for t in sha.graph.initializer} for i in n.input) for n in sha.graph.node)
+        # Every projection is a Conv; a MatMul may keep a constant only when it is RoPE's
+        # rotate-half, a signed permutation (one entry +-1 per row and column), not a projection.
+        weights = {t.name: onnx.numpy_helper.to_array(t) for t in sha.graph.initializer}
+        linear = [w for n in sha.graph.node if n.op_type in ("MatMul", "Gemm") for w in (weights.get(i) for i in n.input) if w is not None]
+        assert "Conv" in ops and linear == [w for w in linear if _is_signed_permutation(w)]
     if "--no-verification" in flags:
         assert report["end_to_end"]["status"] == "not run" and all(b["status"] == "pass" for b in report["blocks"])
     if "--optimize-o-proj" in flags:
@@ -308,3 +312,10 @@ def test_json_summary(bundled, tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["status"] == "pass" and summary["exit_code"] == 0 and len(summary["blocks"]) == 2
     assert Path(summary["model"]).is_file() and np.isfinite(summary["seconds"])
+
+
+def _is_signed_permutation(w) -> bool:
+    import numpy as np
+
+    return (w.ndim == 2 and w.shape[0] == w.shape[1] and bool(np.isin(w, (-1, 0, 1)).all())
+            and bool((np.abs(w).sum(axis=0) == 1).all()) and bool((np.abs(w).sum(axis=1) == 1).all()))
