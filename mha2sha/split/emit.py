@@ -17,8 +17,6 @@ the splitter's record of what it did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx_ir as ir
 
@@ -42,7 +40,7 @@ from mha2sha.graph.ir_utils import (
     dims,
     is_const,
 )
-from mha2sha.split import handlers, rope
+from mha2sha.split import handlers, replay, rope
 from mha2sha.split.records import IOSplit, ParamSlice, SplitRecord
 
 SplitError = Refusal  # the splitter's refusals are the converter's one refusal type
@@ -54,32 +52,6 @@ def _shape_of(layout: Layout) -> ir.Shape:
         s = ax.size
         out.append(s if isinstance(s, int) else (ir.SymbolicDim(s) if isinstance(s, str) else ir.SymbolicDim(None)))
     return ir.Shape(out)
-
-
-# Where a recorded node input comes from, per head: the handler's input piece i, output k
-# of recorded node j, or the same value for every head (a shared constant or target).
-_IN, _NEW, _FIXED = 0, 1, 2
-
-
-@dataclass
-class _NodeRecipe:
-    op: str
-    domain: str
-    version: int | None
-    attributes: tuple[ir.Attr, ...]
-    inputs: tuple[tuple | None, ...]  # (_IN, i) | (_NEW, j, k) | (_FIXED, value) | None
-    name: str  # after "<block>.<tag>."
-    outputs: tuple[tuple[str, ir.Shape | None, ir.DataType | None], ...]  # name after the prefix, shape, dtype
-
-
-@dataclass
-class _Recipe:
-    """The nodes an instance's handler made for one head, to make them again for another
-    head without redoing the handler's layout work. Valid because the handlers decide from
-    layouts alone: a head changes only the input pieces and the names."""
-
-    nodes: list[_NodeRecipe]
-    results: dict[int, tuple]  # output index -> (_IN, i) | (_NEW, j, k)
 
 
 class BlockSplitter:
@@ -116,8 +88,8 @@ class BlockSplitter:
         self._io_values: dict[tuple[str, int], ir.Value] = {}
         self.new_inputs: list[ir.Value] = []
         self.external_inputs: dict[str, None] = {}  # non-constant tensors the new nodes read
-        # Recipe replay (see _Recipe): per instance, its recipe or None (not replayable).
-        self._recipes: dict[int, _Recipe | None] = {}
+        # Recipe replay (see split/replay.py): per instance, its recipe or None (not replayable).
+        self._recipes: dict[int, replay.Recipe | None] = {}
         self._recording: list[tuple[ir.Node, str]] | None = None  # (node, base name) while recording
         self._bases: dict[str, str] = {}  # unique name -> name asked for, while recording
         self._shared = 0  # > 0 while making nodes every head shares (cached run-time targets)
@@ -508,7 +480,7 @@ class BlockSplitter:
                 ins.append(self.piece(v, lay, head, keep_rank=i in inst.keep_rank))
         recipe = self._recipes.get(id(inst), False)
         if recipe:
-            results = self._replay(recipe, ins, tag)
+            results = replay.replay(self, recipe, ins, f"{self.block.name}.{tag}.")
         else:
             results = self._run_handler(inst, ins, head, tag, record=recipe is False)
         for idx, piece in results.items():
@@ -526,7 +498,7 @@ class BlockSplitter:
         try:
             results = handler(self, inst, ins, head, tag)
             replayable = self._replayable and self._emissions == emissions
-            recipe = self._make_recipe(ins, results, f"{self.block.name}.{tag}.") if replayable else None
+            recipe = replay.make_recipe(self._recording, self._bases, ins, results, f"{self.block.name}.{tag}.") if replayable else None
         finally:
             recorded_bases = self._bases
             self._recording, self._bases, self._replayable = outer
@@ -534,71 +506,6 @@ class BlockSplitter:
                 self._bases.update(recorded_bases)
         self._recipes[id(inst)] = recipe
         return results
-
-    def _make_recipe(self, ins: list, results: dict[int, ir.Value], prefix: str) -> _Recipe | None:
-        made: dict[int, tuple[int, int]] = {}  # id(value) -> (node j, output k)
-        nodes: list[_NodeRecipe] = []
-
-        def source(v: ir.Value | None):
-            if v is None:
-                return None
-            found = made.get(id(v))
-            if found is not None:
-                return (_NEW, *found)
-            for i, piece in enumerate(ins):
-                if piece is v:
-                    return (_IN, i)
-            return (_FIXED, v)
-
-        def suffix(name: str | None) -> str | None:
-            base = self._bases.get(name, name)
-            return base[len(prefix):] if base is not None and base.startswith(prefix) else None
-
-        for j, (node, base) in enumerate(self._recording):
-            name = base[len(prefix):] if base.startswith(prefix) else None
-            outs = [(suffix(o.name), o.shape, o.dtype) for o in node.outputs]
-            for o in node.outputs:
-                if o.shape is not None:
-                    o.shape.freeze()  # shared with the other heads' copies from now on
-            if name is None or any(o[0] is None for o in outs) or any(a.type == ir.AttributeType.GRAPH for a in node.attributes.values()):
-                return None
-            nodes.append(_NodeRecipe(node.op_type, node.domain, node.version, tuple(node.attributes.values()),
-                                     tuple(source(v) for v in node.inputs), name, tuple(outs)))
-            for k, out in enumerate(node.outputs):
-                made[id(out)] = (j, k)
-        result_sources = {idx: source(v) for idx, v in results.items()}
-        if any(src is None or src[0] == _FIXED for src in result_sources.values()):
-            return None
-        return _Recipe(nodes, result_sources)
-
-    def _replay(self, recipe: _Recipe, ins: list, tag: str) -> dict[int, ir.Value]:
-        prefix = f"{self.block.name}.{tag}."
-        made: list[ir.Node] = []
-        for nr in recipe.nodes:
-            inputs = []
-            for src in nr.inputs:
-                if src is None:
-                    inputs.append(None)
-                elif src[0] == _IN:
-                    inputs.append(ins[src[1]])
-                elif src[0] == _NEW:
-                    inputs.append(made[src[1]].outputs[src[2]])
-                else:
-                    inputs.append(src[1])
-            same = self._same_node(nr.op, nr.domain, inputs, nr.attributes)
-            if same is not None:
-                made.append(same)
-                continue
-            outputs = []
-            for name, shape, dtype in nr.outputs:
-                v = ir.Value(name=self._unique(prefix + name), shape=shape)
-                v.dtype = dtype
-                outputs.append(v)
-            node = ir.Node(nr.domain, nr.op, inputs, nr.attributes, outputs=outputs, name=self._unique(prefix + nr.name), version=nr.version)
-            self._add(node)
-            self._remember_node(node)
-            made.append(node)
-        return {idx: ins[src[1]] if src[0] == _IN else made[src[1]].outputs[src[2]] for idx, src in recipe.results.items()}
 
     def _outputs_for(self, inst: Instance, head: int, tag: str) -> list[ir.Value]:
         outs = []
